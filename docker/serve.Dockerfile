@@ -1,0 +1,53 @@
+# pytorch-byoc serving image: `docker run IMAGE serve` answers SageMaker's
+# GET /ping and POST /invocations on port 8080 (or SAGEMAKER_BIND_TO_PORT)
+# with TorchServe. Build it with ./build.sh build serve (see README).
+#
+# No "# syntax=" line on purpose: it would pull a frontend image from a registry.
+ARG BASE_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
+
+# ---- runtime: the same instructions and inputs as in train.Dockerfile, so
+# both images share these (heavy) layers on disk and in ECR pulls.
+FROM ${BASE_IMAGE} AS runtime
+ARG TORCH_INDEX_URL=
+ENV PATH=/opt/venv/bin:$PATH \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN --mount=type=bind,source=docker/runtime,target=/tmp/runtime \
+    --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
+    --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
+    bash /tmp/runtime/install.sh
+
+# ---- the serving image
+FROM runtime
+ARG FLAVOR=gpu
+ARG VERSION=dev
+ARG GIT_SHA=unknown
+LABEL org.opencontainers.image.title="pytorch-byoc-serve" \
+      org.opencontainers.image.description="PyTorch serving image for Amazon SageMaker endpoints and batch transform (TorchServe)" \
+      org.opencontainers.image.source="https://github.com/pytorch-byoc/pytorch-byoc" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${GIT_SHA}" \
+      io.pytorch-byoc.flavor="${FLAVOR}" \
+      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
+      com.amazonaws.sagemaker.capabilities.multi-models=false
+RUN --mount=type=bind,source=docker/serve,target=/tmp/serve \
+    --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
+    --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
+    bash /tmp/serve/install.sh
+COPY pyproject.toml README.md /tmp/src/
+COPY train /tmp/src/train
+COPY serve /tmp/src/serve
+COPY handlers /tmp/src/handlers
+COPY byoc /tmp/src/byoc
+RUN --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
+    --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
+    . /opt/byoc/pip-env.sh && pip install -q --no-deps /tmp/src && rm -rf /tmp/src
+ENV TEMP=/home/model-server/tmp
+USER model-server
+WORKDIR /home/model-server
+EXPOSE 8080
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["serve"]

@@ -1,0 +1,48 @@
+"""What the default handlers share: model.json, the device, rebuilding the network."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import torch
+
+
+def model_dir_of(context=None) -> str:
+    if context is not None:
+        return context.system_properties.get("model_dir")
+    return os.environ.get("SM_MODEL_DIR", "/opt/ml/model")
+
+
+@functools.lru_cache(maxsize=4)
+def read_spec(model_dir: str) -> dict:
+    with open(os.path.join(model_dir, "model.json")) as f:
+        return json.load(f)
+
+
+def spec_for(context=None) -> dict:
+    """model.json of the model being served (read once per worker)."""
+    return read_spec(model_dir_of(context))
+
+
+def device() -> torch.device:
+    # serve.handler has already made 'cuda' mean this worker's GPU.
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def load_network(model_dir: str) -> torch.nn.Module:
+    """Rebuild the network from model.json and load its weights (eval mode)."""
+    spec = read_spec(model_dir)
+    from train.classify.models import build_model  # lazily: the trainer's registry
+
+    model = build_model(spec)
+    weights = os.path.join(model_dir, spec.get("weights") or "model.pt")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def batch_sizes(inputs: list[torch.Tensor]) -> list[int]:
+    return [int(t.shape[0]) for t in inputs]

@@ -1,0 +1,140 @@
+"""Default handler for single-head image classifiers (model.json task
+"image-classification", heads null).
+
+In:  image/jpeg, image/png, application/x-image (one image), or
+     application/x-npy, application/json (an array: HxW, CxH xW, HxWxC, or a
+     batch NxCxHxW / NxHxWxC; uint8 pixels or floats already in [0, 1]).
+Out: application/json top-k (BYOC_TOPK, default 5):
+     {"predictions": [{"label": "cat", "index": 3, "probability": 0.91}, ...]}
+     (a list of such lists for an array holding several images);
+     application/x-npy or text/csv: the probabilities, N x num_classes.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from handlers import common
+from serve import codecs
+from serve.errors import BadRequest
+from serve.user_module import batched
+
+
+def model_fn(model_dir: str, context=None) -> torch.nn.Module:
+    model = common.load_network(model_dir).to(common.device())
+    model._byoc_spec = common.read_spec(model_dir)  # normalisation for predict_fn
+    return model.to(memory_format=torch.channels_last)
+
+
+def input_fn(body, content_type: str, context=None) -> torch.Tensor:
+    """One request -> float tensor N x C x H x W in [0, 1] at the model's size."""
+    spec = common.spec_for(context)
+    channels, height, width = spec["input_size"]
+    if content_type in codecs.IMAGE_TYPES:
+        return _from_image(body, content_type, channels, height, width)
+    if content_type in (codecs.NPY, codecs.JSON):
+        return _from_array(codecs.decode_array(body, content_type), channels, height, width)
+    codecs.require_type(content_type, codecs.IMAGE_TYPES + (codecs.NPY, codecs.JSON))
+
+
+@batched
+def predict_fn(inputs: list[torch.Tensor], model, context=None) -> list[torch.Tensor]:
+    """All requests of a batch in one forward pass; probabilities per request."""
+    dev = next(model.parameters()).device
+    x = torch.cat(inputs).to(dev, non_blocking=True)
+    x = _normalize(x, _stats(model, x, context)).contiguous(memory_format=torch.channels_last)
+    probs = torch.softmax(model(x).float(), dim=1).cpu()
+    return list(torch.split(probs, common.batch_sizes(inputs)))
+
+
+def output_fn(prediction: torch.Tensor, accept: str, context=None):
+    if accept != codecs.JSON:
+        return codecs.encode(prediction.numpy(), accept), accept
+    classes = _classes(context)
+    k = min(_topk(), prediction.shape[1])
+    values, indices = prediction.topk(k, dim=1)
+    rows = [
+        [
+            {"label": _label(classes, int(i)), "index": int(i), "probability": round(float(p), 6)}
+            for p, i in zip(vs, ix)
+        ]
+        for vs, ix in zip(values, indices)
+    ]
+    result = rows[0] if len(rows) == 1 else rows
+    return codecs.encode({"predictions": result}, codecs.JSON), codecs.JSON
+
+
+# ---------------------------------------------------------------- helpers
+def _from_image(body, content_type, channels, height, width) -> torch.Tensor:
+    img = codecs.decode_image(body, content_type, draft=(width, height))
+    if channels == 1:
+        img = img.convert("L")
+    elif channels != 3:
+        raise BadRequest(f"the model takes {channels}-channel arrays, not images")
+    from PIL import Image
+
+    img = img.resize((width, height), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(arr.copy()).unsqueeze(0).float().div_(255)
+
+
+def _from_array(arr: np.ndarray, channels, height, width) -> torch.Tensor:
+    if arr.ndim == 2 and channels == 1:
+        arr = arr[None]
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4:
+        raise BadRequest(f"array must be an image or a batch of images, got shape {list(arr.shape)}")
+    if arr.shape[1] != channels and arr.shape[3] == channels:
+        arr = arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    if arr.shape[1] != channels:
+        raise BadRequest(f"array has no axis of {channels} channels: shape {list(arr.shape)}")
+    if arr.shape[0] > _max_instances():
+        raise BadRequest(f"at most {_max_instances()} images per request")
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    t = t.float().div_(255) if arr.dtype == np.uint8 else t.float()
+    if tuple(t.shape[2:]) != (height, width):
+        t = F.interpolate(t, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return t
+
+
+def _stats(model, x, context) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean/std from model.json, cached on the model as tensors on its device."""
+    cached = getattr(model, "_byoc_norm", None)
+    if cached is None or cached[0].device != x.device:
+        spec = getattr(model, "_byoc_spec", None) or common.spec_for(context)
+        mean = torch.tensor(spec.get("mean") or [0.0] * x.shape[1], device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(spec.get("std") or [1.0] * x.shape[1], device=x.device).view(1, -1, 1, 1)
+        cached = (mean, std)
+        model._byoc_norm = cached
+    return cached
+
+
+def _normalize(x, stats):
+    mean, std = stats
+    return (x - mean) / std
+
+
+def _classes(context):
+    try:
+        return common.spec_for(context).get("classes") or []
+    except OSError:
+        return []
+
+
+def _label(classes, index: int) -> str:
+    return str(classes[index]) if index < len(classes) else str(index)
+
+
+def _topk() -> int:
+    raw = os.environ.get("BYOC_TOPK", "5")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 5
+
+
+def _max_instances() -> int:
+    raw = os.environ.get("BYOC_MAX_INSTANCES", "64")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 64

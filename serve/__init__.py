@@ -1,0 +1,1 @@
+"""pytorch-byoc serving toolkit: the `serve` launcher and the TorchServe handler."""

@@ -1,0 +1,303 @@
+"""The serving contract: SAGEMAKER_* environment -> one validated, frozen object,
+and that object -> TorchServe's config.properties text.
+
+Read once at start (``ServeConfig.from_env()``), like the SageMaker toolkits'
+environment module; bad values fail fast with the variable's name.
+
+Environment (SageMaker's names where one exists):
+
+SAGEMAKER_BIND_TO_PORT          inference port (default 8080), on 0.0.0.0
+SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": management/metrics ports are lo, lo+1
+                                (default 8081/8082); both on 127.0.0.1 only
+SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: one per GPU, else max(1, cpus//2))
+SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default 1)
+SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default 100)
+SAGEMAKER_MODEL_SERVER_TIMEOUT  seconds per request to the worker (default 60)
+SAGEMAKER_MAX_PAYLOAD_IN_MB     request and response size limit (default 6)
+SAGEMAKER_CONTAINER_LOG_LEVEL   10/20/30/40/50 or DEBUG/INFO/... (default INFO)
+SAGEMAKER_PROGRAM               user handler file in <model>/code (default inference.py)
+SM_MODEL_DIR                    model directory (default /opt/ml/model)
+BYOC_SERVE_WORKDIR              writable dir for TorchServe's config, model store,
+                                logs (default: a new temp dir)
+BYOC_SERVE_STARTUP_TIMEOUT      s to wait for the model to load (default 600)
+BYOC_SERVE_GRACE_PERIOD         s to drain after SIGTERM before a hard stop (default 25)
+BYOC_SERVE_JVM_HEAP_MB          frontend heap (default: from the container memory limit)
+OMP_NUM_THREADS                 torch threads per worker (default: cpus // workers)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+MODEL_NAME = "model"
+MODEL_VERSION = "1.0"
+MB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A serving setting from the environment is invalid."""
+
+
+# ---------------------------------------------------------------- env parsing
+def _int(env: Mapping[str, str], name: str, default: int, lo: int = 1, hi: int | None = None) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+    if value < lo or (hi is not None and value > hi):
+        bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ConfigError(f"{name}={raw!r}: must be {bounds}")
+    return value
+
+
+def _log_level(env: Mapping[str, str]) -> int:
+    raw = env.get("SAGEMAKER_CONTAINER_LOG_LEVEL", "").strip()
+    if not raw:
+        return logging.INFO
+    if raw.isdigit():
+        return int(raw)
+    level = logging.getLevelName(raw.upper())
+    if not isinstance(level, int):
+        raise ConfigError(
+            f"SAGEMAKER_CONTAINER_LOG_LEVEL={raw!r}: use 10..50 or DEBUG/INFO/WARNING/ERROR/CRITICAL"
+        )
+    return level
+
+
+def _port_range(env: Mapping[str, str]) -> tuple[int, int]:
+    """Management and metrics ports: SageMaker reserves SAGEMAKER_SAFE_PORT_RANGE
+    for a container's internal use, so take them from there when it is set."""
+    raw = env.get("SAGEMAKER_SAFE_PORT_RANGE", "").strip()
+    if not raw:
+        return 8081, 8082
+    try:
+        lo, hi = (int(x) for x in raw.split("-"))
+    except ValueError:
+        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r}: expected 'low-high'") from None
+    if not (1 <= lo < hi <= 65535):
+        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r}: need two ports in 1..65535")
+    return lo, lo + 1
+
+
+# ---------------------------------------------------------------- host probing
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def cpu_count() -> int:
+    """CPUs this container may use: affinity mask, capped by a cgroup CPU quota."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = None
+    v2 = _read("/sys/fs/cgroup/cpu.max")  # "max 100000" or "200000 100000"
+    if v2 and not v2.startswith("max"):
+        q, p = v2.split()[:2]
+        quota = int(q) / int(p)
+    else:
+        q, p = _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+        if q and p and int(q) > 0:
+            quota = int(q) / int(p)
+    if quota:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def memory_limit() -> int | None:
+    """Bytes of memory this container may use (cgroup v2, v1, else host RAM)."""
+    limits = []
+    v2 = _read("/sys/fs/cgroup/memory.max")
+    if v2 and v2.isdigit():
+        limits.append(int(v2))
+    v1 = _read("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    if v1 and v1.isdigit() and int(v1) < 1 << 60:  # "unlimited" is ~2**63
+        limits.append(int(v1))
+    meminfo = _read("/proc/meminfo") or ""
+    for line in meminfo.splitlines():
+        if line.startswith("MemTotal:"):
+            limits.append(int(line.split()[1]) * 1024)
+    return min(limits) if limits else None
+
+
+def gpu_count() -> int:
+    try:
+        import torch  # lazily: only the launcher needs it, once
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def jvm_heap_mb(memory_bytes: int | None) -> int:
+    """The frontend only buffers requests and responses: 1/8 of the container's
+    memory, 256 MiB..4 GiB; the rest is left to the Python workers and the model."""
+    if not memory_bytes:
+        return 1024
+    return int(min(4096, max(256, memory_bytes // 8 // MB)))
+
+
+# ---------------------------------------------------------------- the object
+@dataclass(frozen=True)
+class ServeConfig:
+    port: int = 8080
+    management_port: int = 8081
+    metrics_port: int = 8082
+    workers: int = 1
+    threads_per_worker: int = 1
+    batch_size: int = 1
+    max_batch_delay_ms: int = 100
+    timeout_s: int = 60
+    startup_timeout_s: int = 600
+    grace_period_s: int = 25
+    max_payload_mb: int = 6
+    jvm_heap_mb: int = 1024
+    log_level: int = logging.INFO
+    model_dir: str = "/opt/ml/model"
+    workdir: str | None = None
+    program: str = "inference.py"
+    gpus: int = 0
+    cpus: int = 1
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        gpus: int | None = None,
+        cpus: int | None = None,
+        memory_bytes: int | None = None,
+    ) -> "ServeConfig":
+        env = os.environ if environ is None else environ
+        gpus = gpu_count() if gpus is None else gpus
+        cpus = cpu_count() if cpus is None else cpus
+        mgmt, metrics = _port_range(env)
+        port = _int(env, "SAGEMAKER_BIND_TO_PORT", 8080, hi=65535)
+        if port in (mgmt, metrics):
+            raise ConfigError(
+                f"SAGEMAKER_BIND_TO_PORT={port} collides with the internal ports {mgmt}/{metrics}"
+            )
+        # One worker per GPU. On CPU, half the cores: each worker then gets two
+        # intra-op threads, so a conv net still uses parallel kernels while two
+        # requests can be in flight; oversubscribing (workers x threads > cpus)
+        # is what halves the AWS stack's throughput under load.
+        workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", gpus or max(1, cpus // 2))
+        threads = _int(env, "OMP_NUM_THREADS", max(1, cpus // workers))
+        heap = _int(env, "BYOC_SERVE_JVM_HEAP_MB", 0, lo=0) or jvm_heap_mb(
+            memory_limit() if memory_bytes is None else memory_bytes
+        )
+        return cls(
+            port=port,
+            management_port=mgmt,
+            metrics_port=metrics,
+            workers=workers,
+            threads_per_worker=threads,
+            batch_size=_int(env, "SAGEMAKER_TS_BATCH_SIZE", 1, hi=1024),
+            max_batch_delay_ms=_int(env, "SAGEMAKER_TS_MAX_BATCH_DELAY", 100, lo=0),
+            timeout_s=_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
+            startup_timeout_s=_int(env, "BYOC_SERVE_STARTUP_TIMEOUT", 600),
+            grace_period_s=_int(env, "BYOC_SERVE_GRACE_PERIOD", 25, lo=0),
+            max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, hi=1024),
+            jvm_heap_mb=heap,
+            log_level=_log_level(env),
+            model_dir=env.get("SM_MODEL_DIR", "").strip() or "/opt/ml/model",
+            workdir=env.get("BYOC_SERVE_WORKDIR", "").strip() or None,
+            program=_program(env),
+            gpus=gpus,
+            cpus=cpus,
+        )
+
+    # ------------------------------------------------------------ rendering
+    def model_config(self) -> dict:
+        """Per-model settings: TorchServe reads batch size/delay only from here."""
+        settings = {
+            "defaultVersion": True,
+            "marName": MODEL_NAME,
+            "minWorkers": self.workers,
+            "maxWorkers": self.workers,
+            "batchSize": self.batch_size,
+            "maxBatchDelay": self.max_batch_delay_ms,
+            "responseTimeout": self.timeout_s,
+            "startupTimeout": self.startup_timeout_s,
+        }
+        return {MODEL_NAME: {MODEL_VERSION: settings}}
+
+    def properties(self, model_store: str) -> dict[str, str]:
+        payload = str(self.max_payload_mb * MB)
+        return {
+            "inference_address": f"http://0.0.0.0:{self.port}",
+            # Only the inference API is reachable from outside the container,
+            # which is why token authorization can be off.
+            "management_address": f"http://127.0.0.1:{self.management_port}",
+            "metrics_address": f"http://127.0.0.1:{self.metrics_port}",
+            "disable_token_authorization": "true",
+            "enable_model_api": "false",
+            "enable_metrics_api": "true",
+            "metrics_mode": "prometheus",
+            "model_store": model_store,
+            "load_models": f"{MODEL_NAME}={MODEL_NAME}",
+            "models": json.dumps(self.model_config(), separators=(",", ":")),
+            "default_workers_per_model": str(self.workers),
+            "default_response_timeout": str(self.timeout_s),
+            "default_startup_timeout": str(self.startup_timeout_s),
+            "max_request_size": payload,
+            "max_response_size": payload,
+            # The handler needs the raw body bytes and the request's own
+            # Content-Type; TorchServe would otherwise json.loads JSON bodies.
+            "decode_input_request": "false",
+            # Dependencies are installed by `serve` (if allowed), never by TorchServe.
+            "install_py_dep_per_model": "false",
+            # Its periodic psutil subprocess costs CPU and nothing reads it.
+            "disable_system_metrics": "true",
+            "vmargs": f"-Xmx{self.jvm_heap_mb}m -XX:+UseContainerSupport -XX:+ExitOnOutOfMemoryError",
+        }
+
+    def render(self, model_store: str) -> str:
+        """config.properties text: one 'key=value' per line, newline-terminated."""
+        lines = [f"{k}={_escape(v)}" for k, v in self.properties(model_store).items()]
+        return "\n".join(lines) + "\n"
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment for TorchServe and its Python workers."""
+        env = {
+            "OMP_NUM_THREADS": str(self.threads_per_worker),
+            "MKL_NUM_THREADS": str(self.threads_per_worker),
+            "SAGEMAKER_PROGRAM": self.program,
+            "SAGEMAKER_CONTAINER_LOG_LEVEL": str(self.log_level),
+            "BYOC_MAX_PAYLOAD_BYTES": str(self.max_payload_mb * MB),
+        }
+        return env
+
+
+def _program(env: Mapping[str, str]) -> str:
+    name = env.get("SAGEMAKER_PROGRAM", "").strip() or "inference.py"
+    if "/" in name or name.startswith(".") or not name.endswith(".py"):
+        raise ConfigError(f"SAGEMAKER_PROGRAM={name!r}: expected a .py file name in <model>/code")
+    return name
+
+
+def _escape(value: str) -> str:
+    # java.util.Properties treats backslash as an escape; nothing else in our
+    # values (':', '"', '{') needs escaping on the value side.
+    return value.replace("\\", "\\\\")
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """Minimal java.util.Properties reader for one-line entries (tests, logs)."""
+    out = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith(("#", "!")):
+            continue
+        if "=" not in line:
+            raise ConfigError(f"config line without '=': {line!r}")
+        key, value = line.split("=", 1)
+        out[key.strip()] = value.strip().replace("\\\\", "\\")
+    return out

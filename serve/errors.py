@@ -1,0 +1,70 @@
+"""Typed HTTP errors: what the client may see when a request cannot be served.
+
+Every error carries a status code and a short message meant for the client.
+Nothing here holds a traceback or a server path: the handler logs those
+server-side and sends only ``body()``.
+"""
+from __future__ import annotations
+
+import json
+
+
+class HTTPError(Exception):
+    """An error with an HTTP status; the message is shown to the client."""
+
+    status = 500
+    phrase = "Internal Server Error"
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message or self.phrase)
+        self.message = message or self.phrase
+
+    def body(self) -> bytes:
+        return json.dumps(
+            {"error": self.phrase, "code": self.status, "message": self.message}
+        ).encode("utf-8")
+
+
+class BadRequest(HTTPError):
+    status, phrase = 400, "Bad Request"
+
+
+class NotAcceptable(HTTPError):
+    status, phrase = 406, "Not Acceptable"
+
+
+class PayloadTooLarge(HTTPError):
+    status, phrase = 413, "Payload Too Large"
+
+
+class UnsupportedMediaType(HTTPError):
+    status, phrase = 415, "Unsupported Media Type"
+
+
+class InternalError(HTTPError):
+    status, phrase = 500, "Internal Server Error"
+
+
+class ServiceUnavailable(HTTPError):
+    status, phrase = 503, "Service Unavailable"
+
+
+def client_message(exc: BaseException, limit: int = 300) -> str:
+    """A one-line, bounded message from an exception raised by request decoding.
+
+    Used for errors that are the request's fault (e.g. in a user's input_fn):
+    the message helps the caller; server paths are cut so none leak.
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = _strip_paths(text)
+    return text[:limit]
+
+
+def _strip_paths(text: str) -> str:
+    # Absolute paths (a file that failed to open, a module location) say
+    # nothing useful to a client and describe the server: drop them.
+    out = []
+    for word in text.split(" "):
+        core = word.strip("'\"()[],:")
+        out.append("<path>" if core.startswith("/") and len(core) > 1 else word)
+    return " ".join(out)

@@ -1,0 +1,241 @@
+"""Launcher command lines (pure) and the process runner."""
+
+import dataclasses
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from train import launch
+from train.contract import Distribution, load_contract
+from train.launch import EntryPoint
+
+PY = "/usr/bin/python3"
+SCRIPT = EntryPoint("script", "/opt/ml/code/train.py", ["--epochs", "2"])
+
+
+def contract_for(tmp_path, hosts=("algo-1",), current="algo-1", gpus=0, program="train.py", **distribution):
+    base = load_contract({"BYOC_ML_ROOT": str(tmp_path)}, num_gpus=gpus)
+    return dataclasses.replace(
+        base,
+        hosts=list(hosts),
+        current_host=current,
+        program=program,
+        hyperparameters={"epochs": 2},
+        distribution=Distribution(**distribution),
+    )
+
+
+def after(command, flag):
+    return command[command.index(flag) + 1]
+
+
+# -- single process ---------------------------------------------------------------------
+
+
+def test_single_process_script_module_and_command():
+    assert launch.single_process_command(SCRIPT, PY) == [PY, "/opt/ml/code/train.py", "--epochs", "2"]
+    module = EntryPoint("module", "train.classify", ["--arch", "resnet18"])
+    assert launch.single_process_command(module, PY) == [PY, "-m", "train.classify", "--arch", "resnet18"]
+    assert launch.single_process_command(EntryPoint("command", "/c/run.sh", ["-x", "1"]), PY) == ["/c/run.sh", "-x", "1"]
+
+
+def test_plan_single_process_user_script(tmp_path):
+    plan = launch.plan_launch(contract_for(tmp_path), {}, PY)
+    assert plan.launcher == "process"
+    assert plan.command == [PY, f"{tmp_path}/code/train.py", "--epochs", "2"]
+    assert plan.notices == []
+
+
+def test_plan_builtin_trainer_when_no_program(tmp_path):
+    plan = launch.plan_launch(contract_for(tmp_path, program=None), {}, PY)
+    assert plan.command == [PY, "-m", "train.classify", "--epochs", "2"]
+
+
+def test_plan_shell_program_runs_as_command(tmp_path):
+    plan = launch.plan_launch(contract_for(tmp_path, program="bin/run.sh"), {}, PY)
+    assert plan.command == [f"{tmp_path}/code/bin/run.sh", "--epochs", "2"]
+
+
+# -- torchrun ------------------------------------------------------------------------------
+
+
+def test_torchrun_one_host_is_standalone():
+    command = launch.torchrun_command(SCRIPT, ["algo-1"], "algo-1", nproc_per_node=1, python=PY)
+    assert command == [
+        PY, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "1", "--standalone",
+        "/opt/ml/code/train.py", "--epochs", "2",
+    ]
+
+
+def test_torchrun_two_hosts_rendezvous_on_first_host():
+    command = launch.torchrun_command(SCRIPT, ["algo-1", "algo-2"], "algo-2", nproc_per_node=8, port=29511, python=PY)
+    assert after(command, "--nnodes") == "2"
+    assert after(command, "--nproc_per_node") == "8"
+    assert after(command, "--node_rank") == "1"
+    assert after(command, "--master_addr") == "algo-1"
+    assert after(command, "--master_port") == "29511"
+    assert "--standalone" not in command
+    assert command[-3:] == ["/opt/ml/code/train.py", "--epochs", "2"]
+
+
+def test_torchrun_module_and_command_entry_points():
+    module = launch.torchrun_command(EntryPoint("module", "train.classify", []), ["algo-1"], "algo-1", 2, python=PY)
+    assert module[-2:] == ["-m", "train.classify"]
+    command = launch.torchrun_command(EntryPoint("command", "/c/run.sh", []), ["algo-1"], "algo-1", 2, python=PY)
+    assert command[-2:] == ["--no_python", "/c/run.sh"]
+
+
+def test_plan_torchrun_uses_gpus_and_interface(tmp_path):
+    contract = contract_for(
+        tmp_path, hosts=("algo-1", "algo-2"), current="algo-1", gpus=4, launcher="torchrun"
+    )
+    plan = launch.plan_launch(contract, {}, PY)
+    assert plan.launcher == "torchrun"
+    assert after(plan.command, "--nproc_per_node") == "4"
+    assert after(plan.command, "--node_rank") == "0"
+    assert plan.env == {"NCCL_SOCKET_IFNAME": "eth0", "GLOO_SOCKET_IFNAME": "eth0"}
+
+
+def test_plan_torchrun_on_cpu_runs_one_rank_per_host(tmp_path):
+    plan = launch.plan_launch(contract_for(tmp_path, gpus=0, launcher="torchrun"), {}, PY)
+    assert after(plan.command, "--nproc_per_node") == "1"
+    assert plan.env == {}
+
+
+def test_plan_smddp_falls_back_to_torchrun_and_says_so(tmp_path):
+    contract = contract_for(tmp_path, gpus=8, launcher="torchrun", smddp_requested=True)
+    plan = launch.plan_launch(contract, {}, PY)
+    assert plan.launcher == "torchrun"
+    assert plan.command[1:3] == ["-m", "torch.distributed.run"]
+    assert any("closed source" in notice and "AWS" in notice and "NCCL" in notice for notice in plan.notices)
+
+
+# -- mpirun ------------------------------------------------------------------------------------
+
+
+def test_mpirun_two_hosts_with_custom_options():
+    command = launch.mpirun_command(
+        SCRIPT,
+        ["algo-1", "algo-2"],
+        processes_per_host=4,
+        interface="eth0",
+        env_names=["SM_HPS", "SM_HP_EPOCHS"],
+        custom_options="--NCCL_DEBUG WARN -x HOROVOD_FUSION_THRESHOLD=0 --mca btl_tcp_if_exclude lo",
+        python=PY,
+    )
+    assert command[0] == "mpirun"
+    assert after(command, "--host") == "algo-1:4,algo-2:4"
+    assert after(command, "-np") == "8"
+    assert "--allow-run-as-root" in command
+    text = " ".join(command)
+    assert "-mca btl_tcp_if_include eth0" in text
+    assert "-mca oob_tcp_if_include eth0" in text
+    assert "-mca plm_rsh_agent ssh" in text
+    assert "-mca orte_abort_on_non_zero_status 1" in text
+    assert "-x NCCL_SOCKET_IFNAME=eth0" in text
+    assert "-x NCCL_DEBUG=WARN" in text and "NCCL_DEBUG=INFO" not in text
+    assert "-x SM_HPS -x SM_HP_EPOCHS" in text
+    assert "-x PYTHONPATH" in text
+    # custom options come last, right before the program
+    tail = command[command.index("HOROVOD_FUSION_THRESHOLD=0") - 1 :]
+    assert tail == [
+        "-x", "HOROVOD_FUSION_THRESHOLD=0", "--mca", "btl_tcp_if_exclude", "lo",
+        PY, "/opt/ml/code/train.py", "--epochs", "2",
+    ]
+
+
+def test_mpirun_num_processes_overrides_total():
+    command = launch.mpirun_command(SCRIPT, ["algo-1", "algo-2"], 4, "eth0", [], num_processes=6, python=PY)
+    assert after(command, "-np") == "6"
+
+
+def test_split_custom_mpi_options():
+    assert launch.split_custom_mpi_options("") == ("INFO", [])
+    assert launch.split_custom_mpi_options("--NCCL_DEBUG=TRACE -verbose") == ("TRACE", ["-verbose"])
+    assert launch.split_custom_mpi_options("-x 'A=b c'") == ("INFO", ["-x", "A=b c"])
+
+
+def test_plan_mpi_leader_and_worker(tmp_path):
+    hosts = ("algo-1", "algo-2")
+    leader = launch.plan_launch(
+        contract_for(tmp_path, hosts=hosts, current="algo-1", gpus=2, launcher="mpi"), {"SM_HPS": "{}"}, PY
+    )
+    assert leader.launcher == "mpi"
+    assert after(leader.command, "--host") == "algo-1:2,algo-2:2"
+    assert "SM_HPS" in leader.command
+    worker = launch.plan_launch(
+        contract_for(tmp_path, hosts=hosts, current="algo-2", gpus=2, launcher="mpi"), {}, PY
+    )
+    assert worker.launcher == "mpi-worker"
+    assert worker.command == ["/usr/sbin/sshd", "-D"]
+
+
+def test_plan_mpi_processes_per_host_from_hyperparameter(tmp_path):
+    contract = contract_for(tmp_path, gpus=8, launcher="mpi", processes_per_host=2)
+    assert after(launch.plan_launch(contract, {}, PY).command, "--host") == "algo-1:2"
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def test_run_keeps_the_end_of_stderr_and_the_exit_code():
+    code = "import sys; sys.stderr.write('x' * 20000 + 'THE END'); sys.exit(3)"
+    result = launch.run_relaying_signals([sys.executable, "-c", code], env=None, tail_bytes=100)
+    assert result.returncode == 3
+    assert result.stderr_tail.endswith("THE END") and len(result.stderr_tail) == 100
+    assert result.stopped_by is None
+
+
+def test_run_reports_death_by_signal_as_128_plus_n():
+    code = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    assert launch.run_relaying_signals([sys.executable, "-c", code], env=None).returncode == 137
+
+
+def test_stderr_tee_tail_is_bounded():
+    tee = launch.StderrTee(pipe=None, limit=10)
+    for chunk in (b"abc", b"defgh", b"ijklmnop"):
+        tee._keep(chunk)
+    assert b"".join(tee.tail)[-10:] == b"ghijklmnop"
+    assert tee.size - len(tee.tail[0]) < 10
+
+
+# -- MPI leader and worker meet over TCP --------------------------------------------------------------
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_mpi_worker_exits_when_leader_releases_it():
+    port = free_port()
+    leader_saw = {}
+
+    def leader():
+        ready = launch.wait_for_mpi_workers(port, workers=1, wait_s=10)
+        leader_saw["workers"] = len(ready.connections)
+        time.sleep(0.3)  # "mpirun" runs; the worker must still be serving
+        leader_saw["released_at"] = time.monotonic()
+        ready.release()
+
+    thread = threading.Thread(target=leader)
+    thread.start()
+    # the worker (main thread: it installs signal handlers) retries until the leader listens
+    assert launch.serve_as_mpi_worker("127.0.0.1", port, wait_s=10, sshd_command=None) == 0
+    assert time.monotonic() >= leader_saw["released_at"]
+    thread.join(5)
+    assert leader_saw["workers"] == 1
+
+
+def test_mpi_leader_gives_up_when_workers_do_not_come():
+    with pytest.raises(TimeoutError, match="0 of 1 MPI worker hosts"):
+        launch.wait_for_mpi_workers(free_port(), workers=1, wait_s=0.2)
+
+
+def test_mpi_worker_gives_up_when_leader_never_comes():
+    with pytest.raises(TimeoutError, match="not reachable"):
+        launch.connect_with_retry("127.0.0.1", free_port(), wait_s=0.5)

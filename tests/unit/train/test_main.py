@@ -1,0 +1,265 @@
+"""`python -m train` end to end against a temporary /opt/ml tree, and the failure message."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+
+from train import outcome
+
+REPO = Path(__file__).resolve().parents[3]
+
+ECHO_SCRIPT = """
+import json, os, sys
+names = ["SM_HP_BATCH_SIZE", "SM_HP_LR", "SM_CHANNEL_TRAIN", "SM_MODEL_DIR", "SM_HOSTS",
+         "SM_CURRENT_HOST", "SM_NUM_GPUS", "SM_USER_ARGS", "SM_CHECKPOINT_DIR"]
+seen = {"argv": sys.argv[1:], "cwd": os.getcwd(), **{n: os.environ.get(n) for n in names}}
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "seen.json"), "w") as f:
+    json.dump(seen, f)
+"""
+
+
+def make_job(root, script, name="train.py", hyperparameters=None, requirements=None, channels=("train",)):
+    """A job tree: code in <root>/src, every hyperparameter JSON-encoded as SageMaker's SDK does."""
+    code = root / "src"
+    code.mkdir(parents=True, exist_ok=True)
+    (code / name).write_text(textwrap.dedent(script))
+    if requirements is not None:
+        (code / "requirements.txt").write_text(requirements)
+    hps = {"sagemaker_program": name, "sagemaker_submit_directory": str(code), **(hyperparameters or {})}
+    config = root / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "hyperparameters.json").write_text(json.dumps({k: json.dumps(v) for k, v in hps.items()}))
+    (config / "inputdataconfig.json").write_text(json.dumps({c: {"TrainingInputMode": "File"} for c in channels}))
+    for channel in channels:
+        (root / "input" / "data" / channel).mkdir(parents=True, exist_ok=True)
+        (root / "input" / "data" / channel / "data.csv").write_text("1,2\n")
+    return root
+
+
+def train_env(root, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_"))}
+    env.update(BYOC_ML_ROOT=str(root), PYTHONPATH=str(REPO), BYOC_STOP_GRACE_S="5")
+    env.update(extra)
+    return env
+
+
+def run_train(root, *args, **extra):
+    return subprocess.run(
+        [sys.executable, "-m", "train", *args],
+        env=train_env(root, **extra),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def failure(root):
+    return (root / "output" / "failure").read_text()
+
+
+# -- end to end ---------------------------------------------------------------------------
+
+
+def test_help_describes_inputs_and_launchers():
+    result = subprocess.run([sys.executable, "-m", "train", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0
+    for words in ("hyperparameters.json", "SAGEMAKER_PROGRAM", "torchrun", "mpirun", "train.classify", "BYOC_ML_ROOT"):
+        assert words in result.stdout
+
+
+def test_script_gets_args_and_sm_variables(tmp_path):
+    make_job(tmp_path, ECHO_SCRIPT, hyperparameters={"batch-size": 32, "lr": 0.01})
+    result = run_train(tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads((tmp_path / "model" / "seen.json").read_text())
+    assert seen["argv"] == ["--batch-size", "32", "--lr", "0.01"]
+    assert seen["SM_HP_BATCH_SIZE"] == "32" and seen["SM_HP_LR"] == "0.01"
+    assert seen["SM_CHANNEL_TRAIN"] == f"{tmp_path}/input/data/train"
+    assert seen["SM_MODEL_DIR"] == f"{tmp_path}/model"
+    assert seen["SM_HOSTS"] == '["algo-1"]' and seen["SM_CURRENT_HOST"] == "algo-1"
+    assert seen["SM_NUM_GPUS"] == "0"
+    assert json.loads(seen["SM_USER_ARGS"]) == ["--batch-size", "32", "--lr", "0.01"]
+    assert seen["SM_CHECKPOINT_DIR"] == f"{tmp_path}/checkpoints"
+    assert seen["cwd"] == f"{tmp_path}/src"
+    assert (tmp_path / "output" / "success").exists()
+    assert not (tmp_path / "output" / "failure").exists()
+
+
+def test_code_from_a_tarball(tmp_path):
+    make_job(tmp_path, ECHO_SCRIPT)
+    archive = tmp_path / "sourcedir.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "train.py", arcname="train.py")
+    # the hyperparameter would win over the variable: drop it to use the archive
+    hps = json.loads((tmp_path / "input/config/hyperparameters.json").read_text())
+    del hps["sagemaker_submit_directory"]
+    (tmp_path / "input/config/hyperparameters.json").write_text(json.dumps(hps))
+    result = run_train(tmp_path, SAGEMAKER_SUBMIT_DIRECTORY=str(archive))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "code" / "train.py").exists()
+    assert json.loads((tmp_path / "model" / "seen.json").read_text())["cwd"] == f"{tmp_path}/code"
+
+
+def test_failing_script_writes_reason_first(tmp_path):
+    script = """
+    import sys
+    print("some progress", file=sys.stderr)
+    raise ValueError("learning rate must be positive, got -1")
+    """
+    make_job(tmp_path, script)
+    result = run_train(tmp_path)
+    assert result.returncode == 1
+    text = failure(tmp_path)
+    first_line = text.splitlines()[0]
+    assert first_line == (
+        "training program train.py exited with code 1: ValueError: learning rate must be positive, got -1"
+    )
+    assert "Traceback (most recent call last)" in text  # the end of stderr follows
+    assert "learning rate must be positive" in result.stderr  # and it streamed to our stderr
+    assert not (tmp_path / "output" / "success").exists()
+
+
+def test_malformed_hyperparameters_fail_before_any_work(tmp_path):
+    make_job(tmp_path, "open('ran', 'w')")
+    (tmp_path / "input/config/hyperparameters.json").write_text('{"epochs": "3",, }')
+    result = run_train(tmp_path)
+    assert result.returncode == 1
+    text = failure(tmp_path)
+    assert text.startswith("hyperparameters.json is not valid JSON: Expecting property name")
+    assert len(text) < 200 and "Traceback" not in text + result.stderr
+    assert not (tmp_path / "src" / "ran").exists()
+
+
+def test_empty_channel_fails_with_its_name(tmp_path):
+    make_job(tmp_path, "pass", channels=("train", "val"))
+    (tmp_path / "input/data/val/data.csv").unlink()
+    result = run_train(tmp_path)
+    assert result.returncode == 1
+    assert failure(tmp_path).startswith("channel 'val' is declared but")
+
+
+def test_missing_program_fails_with_reason(tmp_path):
+    make_job(tmp_path, "pass", hyperparameters={"sagemaker_program": "nope.py"})
+    assert run_train(tmp_path).returncode == 1
+    assert failure(tmp_path).startswith("training program 'nope.py' not found")
+
+
+def test_bad_requirements_fail_with_pip_reason(tmp_path):
+    make_job(tmp_path, "pass", requirements="this is not a requirement line ===\n")
+    result = run_train(tmp_path, PIP_NO_INDEX="1")
+    assert result.returncode != 0
+    assert failure(tmp_path).startswith("pip install -r requirements.txt exited with code")
+
+
+def test_print_plan_shows_the_command_without_running(tmp_path):
+    make_job(tmp_path, "open('ran', 'w')", hyperparameters={"sagemaker_torch_distributed_enabled": True})
+    result = run_train(tmp_path, "--print-plan")
+    assert result.returncode == 0, result.stderr
+    assert "launcher: torchrun" in result.stdout and "torch.distributed.run" in result.stdout
+    assert not (tmp_path / "src" / "ran").exists()
+
+
+def start_train(tmp_path, script, grace_s="5"):
+    make_job(tmp_path, script)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "train"],
+        env=train_env(tmp_path, BYOC_STOP_GRACE_S=grace_s),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline().strip() == "READY"  # the handler is installed
+    return process
+
+
+def test_sigterm_reaches_the_script_and_train_exits_promptly(tmp_path):
+    script = """
+    import signal, sys, time
+    def on_term(signum, frame):
+        open("/MARKER", "w").write("checkpointed")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, on_term)
+    print("READY", flush=True)
+    time.sleep(60)
+    """.replace("/MARKER", str(tmp_path / "marker"))
+    process = start_train(tmp_path, script)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=10)
+    assert time.monotonic() - started < 5
+    assert (tmp_path / "marker").read_text() == "checkpointed"
+    assert process.returncode == 0
+
+
+def test_script_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path):
+    script = """
+    import signal, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("READY", flush=True)
+    time.sleep(60)
+    """
+    process = start_train(tmp_path, script, grace_s="2")
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=20)
+    assert 1.5 < time.monotonic() - started < 10
+    assert process.returncode == 137
+    assert failure(tmp_path).startswith("job stopped by SIGTERM: training program train.py exited with code 137")
+
+
+# -- the failure message ------------------------------------------------------------------------
+
+
+def test_failure_message_reason_first_and_bounded():
+    stderr = "noise\n" * 500 + "Traceback (most recent call last):\n  File x\nKeyError: 'label'\n"
+    message = outcome.failure_message("training program t.py", 1, stderr)
+    assert message.startswith("training program t.py exited with code 1: KeyError: 'label'\n")
+    assert len(message) < 1200
+    assert message.rstrip().endswith("KeyError: 'label'")
+
+
+def test_failure_message_names_the_mpi_rank():
+    stderr = "[1,0]<stdout>:epoch 1\n[1,3]<stderr>:RuntimeError: CUDA out of memory\n"
+    rank, cause = outcome.find_cause(stderr)
+    assert (rank, cause) == (3, "RuntimeError: CUDA out of memory")
+
+
+def test_failure_message_names_the_torchrun_root_cause_rank():
+    stderr = textwrap.dedent(
+        """\
+        [rank1]: Traceback (most recent call last):
+        [rank1]: ZeroDivisionError: division by zero
+        [rank0]: RuntimeError: Connection closed by peer
+        torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+        Failures:
+        [1]:
+          rank      : 0 (local_rank: 0)
+          exitcode  : 1 (pid: 41)
+        Root Cause (first observed failure):
+        [0]:
+          rank      : 1 (local_rank: 1)
+          exitcode  : 1 (pid: 42)
+        """
+    )
+    message = outcome.failure_message("training program t.py", 1, stderr)
+    assert message.startswith("training program t.py exited with code 1 (rank 1): ZeroDivisionError: division by zero")
+
+
+def test_failure_message_without_stderr():
+    assert outcome.failure_message("built-in trainer", 139, "") == "built-in trainer exited with code 139 (SIGSEGV)\n"
+
+
+def test_failure_file_written_by_the_program_is_kept(tmp_path):
+    (tmp_path / "failure").write_text("mine")
+    assert outcome.write_failure(tmp_path, "ours") is False
+    assert (tmp_path / "failure").read_text() == "mine"
+    outcome.clear_outcome(tmp_path)
+    assert outcome.write_failure(tmp_path, "ours") is True

@@ -1,0 +1,256 @@
+"""`train`: run a SageMaker training job in this container.
+
+Reads the contract, prepares the code, picks a launcher, runs it with stop
+signals relayed, and writes /opt/ml/output/success or .../failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+from train import launch, outcome
+from train.contract import Contract, load_contract, ml_root
+from train.errors import ContractError
+
+log = logging.getLogger("train")
+
+DESCRIPTION = "Run a SageMaker training job: script mode, or the built-in image classifier."
+EPILOG = """\
+What it reads (as SageMaker, local mode or `docker run` provide it):
+  /opt/ml/input/config/hyperparameters.json  values JSON-decoded; the user's ones become
+                                             `--name value` arguments and SM_HP_<NAME>
+  /opt/ml/input/config/resourceconfig.json   hosts, current_host, network_interface_name
+                                             (absent: one host, algo-1)
+  /opt/ml/input/config/inputdataconfig.json  declared channels; each must be a non-empty
+                                             folder /opt/ml/input/data/<channel>
+                                             (absent: the folders found there)
+  SAGEMAKER_PROGRAM / sagemaker_program      the script (or executable) to run, relative to
+                                             the source directory
+  SAGEMAKER_SUBMIT_DIRECTORY / sagemaker_submit_directory
+                                             the source directory: a folder, or a .tar.gz
+                                             unpacked into /opt/ml/code (default /opt/ml/code);
+                                             its requirements.txt is pip-installed first
+  BYOC_ML_ROOT                               use another folder instead of /opt/ml
+  BYOC_TORCHRUN_PORT, BYOC_STOP_GRACE_S, BYOC_MPI_SYNC_PORT, BYOC_MPI_WAIT_S
+                                             launcher settings (29500, 110 s, 29400, 600 s)
+
+Launcher, from the SDK's distribution hyperparameters:
+  none                                        one process per host: python <program> <args>
+  sagemaker_torch_distributed_enabled,
+  sagemaker_pytorch_ddp_enabled               torchrun on every host, one rank per GPU (1 on
+                                             CPU), rendezvous on the first host
+  sagemaker_distributed_dataparallel_enabled  SageMaker's closed library is AWS-only: torchrun
+                                             and PyTorch DDP (NCCL) instead
+  sagemaker_mpi_enabled                       mpirun from the first host over ssh;
+                                             sagemaker_mpi_num_of_processes_per_host,
+                                             sagemaker_mpi_custom_mpi_options apply
+
+Without a program, the built-in trainer runs: python -m train.classify <args>
+(see `python -m train.classify --help` for its hyperparameters).
+
+Every program gets the SM_* variables that sagemaker-training sets (with shell-safe
+names: batch-size -> SM_HP_BATCH_SIZE) plus SM_CHECKPOINT_DIR. SIGTERM/SIGINT are relayed
+to all processes. On failure /opt/ml/output/failure starts with the reason.
+"""
+
+
+def parse_args(argv: list | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="train",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--print-plan",
+        action="store_true",
+        help="validate the contract, print the launcher and command, and exit without running",
+    )
+    return parser.parse_args(argv)
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[train] %(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+# -- preparing the code ---------------------------------------------------------
+
+
+def unpack_code(archive: Path, code_dir: Path) -> None:
+    """Unpack the source .tar.gz into code_dir, unless code_dir already has files (as sagemaker-training)."""
+    if code_dir.is_dir() and any(code_dir.iterdir()):
+        log.info("%s is not empty: not unpacking %s", code_dir, archive)
+        return
+    code_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            # "data" filter: no absolute paths, no escaping links, no device files
+            tar.extractall(code_dir, filter="data")
+    except (tarfile.TarError, OSError) as error:
+        raise ContractError(f"cannot unpack source archive {archive}: {error}") from None
+
+
+def prepare_code(contract: Contract) -> None:
+    if contract.code_archive is not None:
+        unpack_code(contract.code_archive, contract.code_dir)
+    if contract.program is not None:
+        path = contract.program_path()
+        if not path.name.endswith(".py") and not os.access(path, os.X_OK):
+            path.chmod(path.stat().st_mode | 0o111)  # sagemaker-training makes commands executable too
+
+
+def package_parent() -> str | None:
+    """Where our `train` package lives, when it is not installed (a source checkout)."""
+    parent = str(Path(__file__).resolve().parent.parent)
+    return None if parent.endswith(("site-packages", "dist-packages")) else parent
+
+
+def child_environment(environ: dict, contract: Contract, sm_env: dict, plan_env: dict) -> dict:
+    """Our environment + SM_* + the launcher's defaults (the user's own settings win) + PYTHONPATH."""
+    env = dict(environ)
+    env.update(sm_env)
+    for name, value in plan_env.items():
+        env.setdefault(name, value)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    paths = [str(contract.code_dir)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if package_parent():
+        paths.append(package_parent())
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def make_output_dirs(contract: Contract) -> None:
+    for path in (contract.model_dir, contract.output_data_dir):
+        path.mkdir(parents=True, exist_ok=True)
+
+
+def working_dir(contract: Contract) -> Path:
+    return contract.code_dir if contract.code_dir.is_dir() else contract.root
+
+
+# -- steps that can fail --------------------------------------------------------
+
+
+def fail(output_dir: Path, message: str, code: int = 1) -> int:
+    first_line = message.splitlines()[0] if message else "failed"
+    log.error("%s", first_line)
+    if not outcome.write_failure(output_dir, message if message.endswith("\n") else message + "\n"):
+        log.info("the program wrote its own %s; keeping it", output_dir / "failure")
+    return code
+
+
+def install_requirements(contract: Contract, env: dict) -> int:
+    """pip install -r requirements.txt from the source dir; 0 when there is none or it worked."""
+    requirements = contract.code_dir / "requirements.txt"
+    if not requirements.is_file():
+        return 0
+    command = [sys.executable, "-m", "pip", "install", "--no-input", "-r", str(requirements)]
+    result = launch.run_relaying_signals(command, env, contract.code_dir, contract.settings.stop_grace_s)
+    if result.returncode == 0:
+        return 0
+    message = outcome.failure_message(
+        "pip install -r requirements.txt", result.returncode, result.stderr_tail, result.stopped_by
+    )
+    return fail(contract.output_dir, message, result.returncode)
+
+
+def program_name(contract: Contract) -> str:
+    return f"training program {contract.program}" if contract.program else "built-in trainer"
+
+
+def run_command(contract: Contract, plan: launch.LaunchPlan, env: dict) -> int:
+    result = launch.run_relaying_signals(
+        plan.command, env, working_dir(contract), contract.settings.stop_grace_s
+    )
+    if result.returncode == 0 and result.stopped_by is None:
+        outcome.write_success(contract.output_dir)
+        log.info("training finished")
+        return 0
+    if result.returncode == 0:
+        log.info("training stopped by %s and exited cleanly", result.stopped_by)
+        return 0
+    message = outcome.failure_message(
+        program_name(contract), result.returncode, result.stderr_tail, result.stopped_by
+    )
+    return fail(contract.output_dir, message, result.returncode)
+
+
+def run_mpi_leader(contract: Contract, plan: launch.LaunchPlan, env: dict) -> int:
+    if shutil.which("mpirun", path=env.get("PATH")) is None:
+        return fail(contract.output_dir, "MPI was asked for (sagemaker_mpi_enabled) but mpirun is not installed")
+    workers = len(contract.hosts) - 1
+    if workers == 0:
+        return run_command(contract, plan, env)
+    settings = contract.settings
+    log.info("MPI leader: waiting for %d worker host(s) on port %d", workers, settings.mpi_sync_port)
+    try:
+        ready = launch.wait_for_mpi_workers(settings.mpi_sync_port, workers, settings.mpi_wait_s)
+    except (TimeoutError, OSError) as error:
+        return fail(contract.output_dir, f"MPI start failed: {error}")
+    try:
+        return run_command(contract, plan, env)
+    finally:
+        ready.release()  # tells the worker hosts the job is over
+
+
+def run_mpi_worker(contract: Contract, plan: launch.LaunchPlan) -> int:
+    if not Path(plan.command[0]).exists():
+        return fail(contract.output_dir, f"MPI worker hosts need sshd at {plan.command[0]}; it is not installed")
+    settings = contract.settings
+    try:
+        return launch.serve_as_mpi_worker(
+            contract.leader_host, settings.mpi_sync_port, settings.mpi_wait_s, plan.command
+        )
+    except (TimeoutError, OSError) as error:
+        return fail(contract.output_dir, f"MPI worker {contract.current_host} failed: {error}")
+
+
+def main(argv: list | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging()
+    environ = dict(os.environ)
+    output_dir = ml_root(environ) / "output"
+    if not args.print_plan:
+        outcome.clear_outcome(output_dir)
+    try:
+        contract = load_contract(environ)
+        if not args.print_plan:
+            prepare_code(contract)
+        sm_env = contract.environment()
+        plan = launch.plan_launch(contract, sm_env)
+        env = child_environment(environ, contract, sm_env, plan.env)
+    except ContractError as error:
+        return fail(output_dir, str(error))
+    for notice in plan.notices:
+        log.warning("%s", notice)
+    log.info(
+        "host %s of %s, %d GPU(s), launcher %s", contract.current_host, contract.hosts, contract.num_gpus, plan.launcher
+    )
+    if args.print_plan:
+        print(f"launcher: {plan.launcher}\ncommand: {shlex.join(plan.command)}")
+        return 0
+
+    make_output_dirs(contract)
+    code = install_requirements(contract, env)
+    if code != 0:
+        return code
+    if plan.launcher == "mpi-worker":
+        return run_mpi_worker(contract, plan)
+    if plan.launcher == "mpi":
+        return run_mpi_leader(contract, plan, env)
+    return run_command(contract, plan, env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

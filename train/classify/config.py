@@ -1,0 +1,225 @@
+"""Hyperparameters (argparse) and the SageMaker paths the built-in trainer uses.
+
+SageMaker passes hyperparameters as ``--name value`` strings (booleans as ``True``/``False``,
+lists as JSON). Every option accepts both spellings, ``--batch-size`` and ``--batch_size``.
+A bad value is an argparse error: exit status 2 and a one-line reason, before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ML_ROOT = "/opt/ml"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The /opt/ml layout. Root from ``$BYOC_ML_ROOT`` (tests) else /opt/ml.
+
+    Checkpoints: ``$SM_CHECKPOINT_DIR`` if set (the ``train`` launcher sets it), else
+    ``<root>/checkpoints``, the SDK's default ``checkpoint_local_path``.
+    """
+
+    root: Path
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> "Paths":
+        return cls(Path(environ.get("BYOC_ML_ROOT") or DEFAULT_ML_ROOT))
+
+    def channel(self, name: str) -> Path:
+        return self.root / "input" / "data" / name
+
+    @property
+    def model(self) -> Path:
+        return Path(os.environ.get("SM_MODEL_DIR") or self.root / "model")
+
+    @property
+    def output(self) -> Path:
+        return self.root / "output"
+
+    @property
+    def output_data(self) -> Path:
+        return Path(os.environ.get("SM_OUTPUT_DATA_DIR") or self.output / "data")
+
+    @property
+    def checkpoints(self) -> Path:
+        return Path(os.environ.get("SM_CHECKPOINT_DIR") or self.root / "checkpoints")
+
+
+# ----------------------------------------------------------------------------- value types
+
+
+def boolean(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def auto_or(kind):
+    """``auto`` (returned as None) or a value of ``kind``."""
+    def parse(text: str):
+        if str(text).strip().lower() in ("auto", "", "none"):
+            return None
+        return kind(text)
+    parse.__name__ = f"auto or {kind.__name__}"
+    return parse
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def triple(text: str) -> tuple:
+    """Three floats: JSON ``[0.5, 0.5, 0.5]`` or ``0.5,0.5,0.5``."""
+    text = str(text).strip()
+    try:
+        values = json.loads(text) if text.startswith("[") else [float(v) for v in text.split(",")]
+        values = tuple(float(v) for v in values)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected three numbers, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers, got {len(values)}")
+    return values
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m train.classify",
+        formatter_class=_Formatter,
+        description=(
+            "Built-in image classifier for SageMaker training jobs. Reads channels from\n"
+            "<root>/input/data/<channel> (root: $BYOC_ML_ROOT or /opt/ml), writes the model to\n"
+            "<root>/model (model.pt, model.json, code/inference.py), metrics and curves to\n"
+            "<root>/output, checkpoints to $SM_CHECKPOINT_DIR or <root>/checkpoints, and\n"
+            "resumes from the newest checkpoint found there. Under torchrun (WORLD_SIZE>1) it\n"
+            "trains with DDP; --batch-size is per process."
+        ),
+        epilog="Exit status: 0 done, 2 bad hyperparameter or input data, 143 stopped by SIGTERM\n"
+               "after saving a checkpoint (rerun to resume), 1 any other error.",
+    )
+
+    def add(name: str, **kw):
+        flags = [f"--{name}"]
+        if "-" in name:
+            flags.append(f"--{name.replace('-', '_')}")
+        p.add_argument(*flags, **kw)
+
+    g = p.add_argument_group("data")
+    add("data-format", default="auto", choices=["auto", "imagefolder", "cifar", "mnist"],
+        help="on-disk format of the train channel; auto detects it from the files")
+    add("train-channel", default="train", help="channel holding the training data")
+    add("val-channel", default="auto",
+        help="validation channel; auto: 'val' or 'validation' if present, else the test split "
+             "of a CIFAR/MNIST train channel, else --val-fraction of the training data")
+    add("val-fraction", type=fraction, default=0.1,
+        help="fraction held out (stratified, seeded by --seed) when there is no validation data")
+    add("image-size", type=positive_int, default=224, help="side of the square network input")
+    add("min-crop-scale", type=fraction, default=0.25,
+        help="RandomResizedCrop lower area bound (torchvision's ImageNet recipe uses 0.08)")
+    add("hflip", type=boolean, default=True, help="random horizontal flips (turn off for digits/text)")
+    add("eval-crop-ratio", type=float, default=0.875,
+        help="evaluation: resize to image-size/ratio, then center-crop image-size")
+    add("mean", type=triple, default=IMAGENET_MEAN, help="per-channel normalisation mean")
+    add("std", type=triple, default=IMAGENET_STD, help="per-channel normalisation std")
+    add("workers", type=auto_or(non_negative_int), default=None,
+        help="DataLoader worker processes per rank; auto: min(8, CPUs per rank - 1)")
+
+    g = p.add_argument_group("model")
+    add("arch", default="resnet18", help="model name in torchvision or timm")
+    add("library", default="auto", choices=["auto", "torchvision", "timm"],
+        help="where --arch comes from; auto: torchvision if it has the name, else timm")
+    add("pretrained", type=boolean, default=False,
+        help="start from a state_dict in the 'pretrained' channel (the head is re-initialised)")
+    add("pretrained-file", default=None,
+        help="file name inside the pretrained channel (default: the only .pt/.pth/.bin file)")
+    add("sync-bn", type=boolean, default=False, help="SyncBatchNorm under DDP (GPU)")
+
+    g = p.add_argument_group("optimisation")
+    add("epochs", type=positive_int, default=10, help="passes over the training data")
+    add("batch-size", type=positive_int, default=64, help="images per step per process")
+    add("optimizer", default="sgd", choices=["sgd", "adamw"], help="optimizer")
+    add("lr", type=auto_or(float), default=None,
+        help="peak learning rate; auto: sgd 0.1 x global batch/256, adamw 1e-3")
+    add("momentum", type=non_negative_float, default=0.9, help="SGD momentum (Nesterov)")
+    add("weight-decay", type=auto_or(non_negative_float), default=None,
+        help="weight decay (not on norms and biases); auto: sgd 1e-4, adamw 0.05")
+    add("lr-schedule", default="cosine", choices=["cosine", "onecycle", "constant"],
+        help="per-step schedule; cosine decays to 0 after --warmup-epochs of linear warm-up")
+    add("warmup-epochs", type=non_negative_float, default=0.0, help="linear warm-up (cosine/constant)")
+    add("label-smoothing", type=fraction, default=0.0, help="cross-entropy label smoothing")
+    add("grad-clip", type=non_negative_float, default=0.0, help="clip gradient norm (0: off)")
+    add("amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+        help="mixed precision; auto: bf16 on a GPU that supports it, none on CPU; fp16 is GPU only "
+             "(with a GradScaler)")
+    add("channels-last", type=auto_or(boolean), default=None,
+        help="channels_last memory format; auto: on for CUDA")
+    add("compile", type=boolean, default=False, help="torch.compile the model")
+
+    g = p.add_argument_group("reproducibility and checkpoints")
+    add("seed", type=int, default=0, help="seed for init, split, order and augmentation")
+    add("deterministic", type=boolean, default=False,
+        help="torch.use_deterministic_algorithms + no cuDNN benchmark: bitwise-reproducible runs")
+    add("checkpoint-every-steps", type=non_negative_int, default=0,
+        help="save a checkpoint every N steps (0: off); one is also saved after every epoch")
+    add("checkpoint-every-seconds", type=non_negative_float, default=600.0,
+        help="save a checkpoint every T seconds (0: off)")
+    add("keep-checkpoints", type=positive_int, default=2, help="how many checkpoints to keep")
+    add("resume", type=boolean, default=True, help="resume from the newest checkpoint if any")
+    add("log-interval", type=non_negative_int, default=50, help="progress line every N steps (0: off)")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.eval_crop_ratio <= 0 or args.eval_crop_ratio > 1:
+        parser.error(f"--eval-crop-ratio must be in (0, 1], got {args.eval_crop_ratio}")
+    if any(s <= 0 for s in args.std):
+        parser.error("--std values must be > 0")
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
+    return args
+
+
+class UsageError(Exception):
+    """Bad input found after parsing (missing channel, unknown arch, unreadable data): exit 2."""
