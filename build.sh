@@ -251,8 +251,25 @@ ensure_images() {
   TARGETS=("${missing[@]}"); cmd_build; TARGETS=("${wanted[@]}")
 }
 
+# Tools the tests start on the host: a local registry for the push test, Java
+# for TorchServe. Installed with apt when we may; otherwise those tests say so.
+ensure_test_tools() {
+  local missing=()
+  [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
+  command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing ${missing[*]} (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    log "missing ${missing[*]}: install them (apt-get install ${missing[*]}) or the tests that need them fail"
+  fi
+}
+
 cmd_test() {
   ensure_venv
+  ensure_test_tools
   if command -v "$DOCKER" >/dev/null 2>&1 && "$DOCKER" info >/dev/null 2>&1; then
     ensure_images
   else

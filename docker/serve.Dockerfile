@@ -37,7 +37,7 @@ RUN --mount=type=bind,source=docker/serve,target=/tmp/serve \
     --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
     --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
     bash /tmp/serve/install.sh
-COPY pyproject.toml README.md /tmp/src/
+COPY pyproject.toml /tmp/src/
 COPY train /tmp/src/train
 COPY serve /tmp/src/serve
 COPY handlers /tmp/src/handlers

@@ -47,7 +47,7 @@ RUN --mount=type=bind,source=docker/train,target=/tmp/train \
     --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
     --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
     bash /tmp/train/install.sh /tmp/wheels
-COPY pyproject.toml README.md /tmp/src/
+COPY pyproject.toml /tmp/src/
 COPY train /tmp/src/train
 COPY serve /tmp/src/serve
 COPY handlers /tmp/src/handlers

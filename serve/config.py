@@ -7,8 +7,8 @@ environment module; bad values fail fast with the variable's name.
 Environment (SageMaker's names where one exists):
 
 SAGEMAKER_BIND_TO_PORT          inference port (default 8080), on 0.0.0.0
-SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": management/metrics ports are lo, lo+1
-                                (default 8081/8082); both on 127.0.0.1 only
+SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": management, metrics, gRPC ports are lo..lo+3
+                                (default 8081, 8082, 7070, 7071); all on 127.0.0.1 only
 SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: one per GPU, else max(1, cpus//2))
 SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default 1)
 SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default 100)
@@ -71,19 +71,21 @@ def _log_level(env: Mapping[str, str]) -> int:
     return level
 
 
-def _port_range(env: Mapping[str, str]) -> tuple[int, int]:
-    """Management and metrics ports: SageMaker reserves SAGEMAKER_SAFE_PORT_RANGE
-    for a container's internal use, so take them from there when it is set."""
+def _port_range(env: Mapping[str, str]) -> tuple[int, int, int, int]:
+    """Management, metrics, gRPC inference and gRPC management ports (all on
+    127.0.0.1; TorchServe 0.12 cannot turn gRPC off). SageMaker reserves
+    SAGEMAKER_SAFE_PORT_RANGE for a container's internal use: take them from
+    there when it is set, else TorchServe's usual ports."""
     raw = env.get("SAGEMAKER_SAFE_PORT_RANGE", "").strip()
     if not raw:
-        return 8081, 8082
+        return 8081, 8082, 7070, 7071
     try:
         lo, hi = (int(x) for x in raw.split("-"))
     except ValueError:
         raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r}: expected 'low-high'") from None
-    if not (1 <= lo < hi <= 65535):
-        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r}: need two ports in 1..65535")
-    return lo, lo + 1
+    if not (1 <= lo and lo + 3 <= hi <= 65535):
+        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r}: need at least 4 ports in 1..65535")
+    return lo, lo + 1, lo + 2, lo + 3
 
 
 # ---------------------------------------------------------------- host probing
@@ -151,6 +153,7 @@ class ServeConfig:
     port: int = 8080
     management_port: int = 8081
     metrics_port: int = 8082
+    grpc_ports: tuple = (7070, 7071)
     workers: int = 1
     threads_per_worker: int = 1
     batch_size: int = 1
@@ -179,11 +182,12 @@ class ServeConfig:
         env = os.environ if environ is None else environ
         gpus = gpu_count() if gpus is None else gpus
         cpus = cpu_count() if cpus is None else cpus
-        mgmt, metrics = _port_range(env)
+        mgmt, metrics, grpc_inf, grpc_mgmt = _port_range(env)
         port = _int(env, "SAGEMAKER_BIND_TO_PORT", 8080, hi=65535)
-        if port in (mgmt, metrics):
+        if port in (mgmt, metrics, grpc_inf, grpc_mgmt):
             raise ConfigError(
-                f"SAGEMAKER_BIND_TO_PORT={port} collides with the internal ports {mgmt}/{metrics}"
+                f"SAGEMAKER_BIND_TO_PORT={port} collides with the internal ports "
+                f"{mgmt}/{metrics}/{grpc_inf}/{grpc_mgmt}"
             )
         # One worker per GPU. On CPU, half the cores: each worker then gets two
         # intra-op threads, so a conv net still uses parallel kernels while two
@@ -198,6 +202,7 @@ class ServeConfig:
             port=port,
             management_port=mgmt,
             metrics_port=metrics,
+            grpc_ports=(grpc_inf, grpc_mgmt),
             workers=workers,
             threads_per_worker=threads,
             batch_size=_int(env, "SAGEMAKER_TS_BATCH_SIZE", 1, hi=1024),
@@ -238,6 +243,10 @@ class ServeConfig:
             # which is why token authorization can be off.
             "management_address": f"http://127.0.0.1:{self.management_port}",
             "metrics_address": f"http://127.0.0.1:{self.metrics_port}",
+            "grpc_inference_address": "127.0.0.1",
+            "grpc_inference_port": str(self.grpc_ports[0]),
+            "grpc_management_address": "127.0.0.1",
+            "grpc_management_port": str(self.grpc_ports[1]),
             "disable_token_authorization": "true",
             "enable_model_api": "false",
             "enable_metrics_api": "true",

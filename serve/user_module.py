@@ -98,7 +98,15 @@ def resolve(model_dir: str, program: str = "inference.py") -> Functions:
             logger.warning("%s defines transform_fn and %s: transform_fn is used", program, overlap)
     missing = [n for n in FUNCTIONS if n not in chosen and not (transform_fn and n != "model_fn")]
     if missing:
-        default = importlib.import_module(default_name)
+        try:
+            default = importlib.import_module(default_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != default_name:
+                raise
+            raise RuntimeError(
+                f"model.json needs the default handler {default_name}, which this image "
+                f"does not have yet; provide code/{program} with {', '.join(missing)}"
+            ) from None
         for name in missing:
             chosen[name], origin[name] = getattr(default, name), default_name
     return Functions(

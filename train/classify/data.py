@@ -15,10 +15,10 @@ Design choices, and why:
 from __future__ import annotations
 
 import gzip
-import io
 import logging
 import os
 import pickle
+import signal
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,6 +398,14 @@ def default_workers(local_world_size: int = 1) -> int:
     return max(0, min(8, cpus // max(1, local_world_size) - 1))
 
 
+def ignore_sigterm(worker_id: int) -> None:
+    """Workers leave SIGTERM to their rank: the launcher signals the whole process group, and a
+    worker killed by it would crash the rank before it can save its checkpoint. Workers still
+    exit when the loader shuts down or when the rank dies (PyTorch's worker watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(dataset: Dataset, batch_sampler: Sampler, workers: int, pin_memory: bool) -> DataLoader:
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                      worker_init_fn=ignore_sigterm if workers > 0 else None)

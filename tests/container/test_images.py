@@ -1,0 +1,126 @@
+"""Smoke tests of the built images: what SageMaker and a user rely on."""
+import json
+import subprocess
+
+import pytest
+
+from conftest import run_in
+
+
+def inspect(docker, image):
+    out = subprocess.run([docker, "image", "inspect", image], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)[0]
+
+
+# ---------------------------------------------------------------- train image
+
+def test_train_is_the_sagemaker_entry(docker, train_image):
+    out = run_in(docker, train_image, "train", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "SAGEMAKER_PROGRAM" in out.stdout
+
+
+def test_train_image_has_torch_horovod_and_the_toolkits(docker, train_image, flavor):
+    code = (
+        "import torch, torchvision, timm, sagemaker_training, horovod.torch as hvd;"
+        "print(torch.__version__, torchvision.__version__, hvd.mpi_built(), hvd.gloo_built(), hvd.nccl_built())"
+    )
+    out = run_in(docker, train_image, "python", "-c", code)
+    assert out.returncode == 0, out.stderr
+    torch_v, tv_v, mpi, gloo, nccl = out.stdout.split()
+    assert torch_v.startswith("2.14.1") and tv_v.startswith("0.29.1")
+    assert (mpi, gloo) == ("True", "True")
+    assert nccl == ("True" if flavor == "gpu" else "False")
+
+
+def test_horovod_allreduce_over_mpi_and_gloo(docker, train_image):
+    # two ranks in one container: the collective really runs, over each controller
+    script = ("import torch, horovod.torch as hvd; hvd.init();"
+              "t = hvd.allreduce(torch.tensor([float(hvd.rank() + 1)]), op=hvd.Sum);"
+              "print('rank', hvd.rank(), 'of', hvd.size(), 'sum', int(t.item()))")
+    mpi = run_in(docker, train_image, "mpirun", "-np", "2", "--oversubscribe",
+                 "python", "-c", script, timeout=180)
+    assert mpi.returncode == 0, mpi.stderr
+    assert sorted(l for l in mpi.stdout.splitlines() if l.startswith("rank")) == \
+        ["rank 0 of 2 sum 3", "rank 1 of 2 sum 3"]
+    gloo = run_in(docker, train_image, "horovodrun", "--gloo", "-np", "2", "-H", "localhost:2",
+                  "python", "-c", script, timeout=180)
+    assert gloo.returncode == 0, gloo.stderr
+    assert "rank 0 of 2 sum 3" in gloo.stdout and "rank 1 of 2 sum 3" in gloo.stdout
+
+
+def test_train_image_has_mpi_and_ssh_without_baked_keys(docker, train_image):
+    out = run_in(docker, train_image, "mpirun", "--version")
+    assert out.returncode == 0 and "Open MPI" in out.stdout
+    # no host keys and no user keys in the image: each container makes its own
+    keys = run_in(docker, train_image, "bash", "-c",
+                  "ls /etc/ssh/ssh_host_* /root/.ssh/id_* 2>/dev/null; "
+                  "grep -rl 'PRIVATE KEY' /etc /root /opt/ml /home 2>/dev/null | grep -v '^/etc/ssl/' || true")
+    assert keys.stdout.strip() == ""
+    sshd = run_in(docker, train_image, "bash", "-c", "ssh-keygen -A >/dev/null && /usr/sbin/sshd -t && echo ok")
+    assert sshd.stdout.strip() == "ok", sshd.stderr
+
+
+# ---------------------------------------------------------------- serve image
+
+def test_serve_image_has_java_17_and_torchserve_0_12(docker, serve_image):
+    java = run_in(docker, serve_image, "java", "-version")
+    assert java.returncode == 0 and 'version "17' in java.stderr
+    ts = run_in(docker, serve_image, "torchserve", "--version")
+    assert ts.returncode == 0 and "0.12.0" in ts.stdout
+    imports = run_in(docker, serve_image, "python", "-c",
+                     "import torch, yaml, sagemaker_inference, serve.handler, handlers.image_classifier")
+    assert imports.returncode == 0, imports.stderr
+
+
+def test_serve_runs_as_non_root(docker, serve_image):
+    out = run_in(docker, serve_image, "id")
+    assert out.returncode == 0
+    assert "uid=0(" not in out.stdout and "model-server" in out.stdout
+
+
+def test_serve_image_contract_in_its_config(docker, serve_image):
+    config = inspect(docker, serve_image)["Config"]
+    labels = config["Labels"]
+    assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert list(config["ExposedPorts"]) == ["8080/tcp"]
+    assert config["Cmd"] == ["serve"]
+
+
+# ---------------------------------------------------------------- both
+
+@pytest.mark.parametrize("which", ["train", "serve"])
+def test_oci_labels_and_environment(docker, which, train_image, serve_image, flavor):
+    config = inspect(docker, train_image if which == "train" else serve_image)["Config"]
+    labels = config["Labels"]
+    for key in ("title", "version", "revision", "source", "licenses"):
+        assert labels.get(f"org.opencontainers.image.{key}"), key
+    assert labels["io.pytorch-byoc.flavor"] == flavor
+    assert "PYTHONUNBUFFERED=1" in config["Env"]
+
+
+def test_the_images_share_the_runtime_layers(docker, train_image, serve_image):
+    train_layers = inspect(docker, train_image)["RootFS"]["Layers"]
+    serve_layers = inspect(docker, serve_image)["RootFS"]["Layers"]
+    shared = 0
+    for a, b in zip(train_layers, serve_layers):
+        if a != b:
+            break
+        shared += 1
+    # base + the runtime step (python, torch) at least
+    assert shared >= 2
+    sizes = subprocess.run([docker, "history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}", serve_image],
+                           capture_output=True, text=True, check=True).stdout
+    assert "runtime/install.sh" in sizes
+
+
+@pytest.mark.parametrize("which", ["train", "serve"])
+def test_no_secret_in_any_layer(docker, which, train_image, serve_image):
+    image = train_image if which == "train" else serve_image
+    history = subprocess.run([docker, "history", "--no-trunc", image],
+                             capture_output=True, text=True, check=True).stdout
+    assert "BEGIN CERTIFICATE" not in history and "PIP_CERT=/" not in history
+    out = run_in(docker, image, "bash", "-c",
+                 "ls /run/secrets 2>/dev/null; env | grep -iE 'aws_secret|aws_access|token|password' || true",
+                 entrypoint="")
+    assert out.stdout.strip() == ""

@@ -1,0 +1,142 @@
+import logging
+
+import pytest
+
+from serve.config import MB, ConfigError, ServeConfig, jvm_heap_mb, parse_properties
+
+BASE = dict(gpus=0, cpus=8, memory_bytes=16 * 1024 * MB)
+
+
+def cfg(**env):
+    return ServeConfig.from_env({k: str(v) for k, v in env.items()}, **BASE)
+
+
+def test_defaults():
+    c = cfg()
+    props = parse_properties(c.render("/store"))
+    assert props["inference_address"] == "http://0.0.0.0:8080"
+    assert props["management_address"] == "http://127.0.0.1:8081"
+    assert props["metrics_address"] == "http://127.0.0.1:8082"
+    assert props["disable_token_authorization"] == "true"
+    assert props["default_workers_per_model"] == "4"  # 8 cpus // 2
+    assert c.threads_per_worker == 2
+    assert props["max_request_size"] == str(6 * MB) == props["max_response_size"]
+    assert props["install_py_dep_per_model"] == "false"
+    assert props["decode_input_request"] == "false"
+    assert props["model_store"] == "/store"
+    assert props["load_models"] == "model=model"
+    assert c.log_level == logging.INFO
+
+
+def test_every_line_parses_and_text_ends_with_newline():
+    c = cfg(SAGEMAKER_TS_BATCH_SIZE=8, SAGEMAKER_MODEL_SERVER_TIMEOUT=30)
+    text = c.render("/store")
+    assert text.endswith("\n")
+    lines = text.splitlines()
+    assert all("=" in line and line.split("=", 1)[0].strip() for line in lines)
+    keys = [line.split("=", 1)[0] for line in lines]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == set(c.properties("/store"))
+
+
+def test_each_variable():
+    c = cfg(
+        SAGEMAKER_BIND_TO_PORT=9090,
+        SAGEMAKER_SAFE_PORT_RANGE="10000-10999",
+        SAGEMAKER_MODEL_SERVER_WORKERS=3,
+        SAGEMAKER_TS_BATCH_SIZE=16,
+        SAGEMAKER_TS_MAX_BATCH_DELAY=25,
+        SAGEMAKER_MODEL_SERVER_TIMEOUT=120,
+        SAGEMAKER_MAX_PAYLOAD_IN_MB=20,
+        SAGEMAKER_CONTAINER_LOG_LEVEL="WARNING",
+        SAGEMAKER_PROGRAM="serve_me.py",
+        SM_MODEL_DIR="/models/x",
+        BYOC_SERVE_WORKDIR="/work/dir",
+        BYOC_SERVE_JVM_HEAP_MB=700,
+    )
+    props = parse_properties(c.render("/s"))
+    assert props["inference_address"].endswith(":9090")
+    assert props["management_address"] == "http://127.0.0.1:10000"
+    assert props["metrics_address"] == "http://127.0.0.1:10001"
+    assert (props["grpc_inference_address"], props["grpc_inference_port"]) == ("127.0.0.1", "10002")
+    assert (props["grpc_management_address"], props["grpc_management_port"]) == ("127.0.0.1", "10003")
+    assert props["default_workers_per_model"] == "3"
+    model = c.model_config()["model"]["1.0"]
+    assert model["batchSize"] == 16 and model["maxBatchDelay"] == 25
+    assert model["minWorkers"] == model["maxWorkers"] == 3
+    assert props["default_response_timeout"] == "120" and model["responseTimeout"] == 120
+    assert props["max_request_size"] == str(20 * MB)
+    assert c.log_level == logging.WARNING
+    assert "-Xmx700m" in props["vmargs"]
+    assert c.threads_per_worker == 8 // 3
+    assert (c.model_dir, c.workdir, c.program) == ("/models/x", "/work/dir", "serve_me.py")
+    assert c.worker_env()["SAGEMAKER_PROGRAM"] == "serve_me.py"
+
+
+def test_models_json_property_is_valid_json():
+    import json
+
+    props = parse_properties(cfg(SAGEMAKER_TS_BATCH_SIZE=4).render("/s"))
+    assert json.loads(props["models"])["model"]["1.0"]["batchSize"] == 4
+
+
+def test_workers_default_one_per_gpu():
+    c = ServeConfig.from_env({}, gpus=4, cpus=32, memory_bytes=None)
+    assert c.workers == 4 and c.threads_per_worker == 8
+
+
+def test_two_cores_one_worker_two_threads():
+    c = ServeConfig.from_env({}, gpus=0, cpus=2, memory_bytes=None)
+    assert (c.workers, c.threads_per_worker) == (1, 2)
+
+
+def test_omp_num_threads_wins():
+    assert cfg(OMP_NUM_THREADS=1).threads_per_worker == 1
+
+
+@pytest.mark.parametrize("level,expected", [("10", 10), ("debug", 10), ("ERROR", 40), ("", 20)])
+def test_log_levels(level, expected):
+    assert cfg(SAGEMAKER_CONTAINER_LOG_LEVEL=level).log_level == expected
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("SAGEMAKER_BIND_TO_PORT", "http"),
+        ("SAGEMAKER_BIND_TO_PORT", "70000"),
+        ("SAGEMAKER_BIND_TO_PORT", "8081"),  # collides with management
+        ("SAGEMAKER_MODEL_SERVER_WORKERS", "0"),
+        ("SAGEMAKER_MODEL_SERVER_WORKERS", "two"),
+        ("SAGEMAKER_TS_BATCH_SIZE", "-1"),
+        ("SAGEMAKER_TS_MAX_BATCH_DELAY", "-5"),
+        ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "1.5"),
+        ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "0"),
+        ("SAGEMAKER_CONTAINER_LOG_LEVEL", "chatty"),
+        ("SAGEMAKER_SAFE_PORT_RANGE", "10000"),
+        ("SAGEMAKER_SAFE_PORT_RANGE", "9-3"),
+        ("SAGEMAKER_SAFE_PORT_RANGE", "10000-10002"),  # fewer than 4 ports
+        ("SAGEMAKER_PROGRAM", "../evil.py"),
+        ("SAGEMAKER_PROGRAM", "inference.sh"),
+    ],
+)
+def test_bad_values_name_the_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        cfg(**{name: value})
+
+
+def test_jvm_heap_from_memory_limit():
+    assert jvm_heap_mb(2 * 1024 * MB) == 256
+    assert jvm_heap_mb(16 * 1024 * MB) == 2048
+    assert jvm_heap_mb(512 * 1024 * MB) == 4096
+    assert jvm_heap_mb(None) == 1024
+
+
+def test_backslash_is_escaped():
+    text = cfg().render("C:\\store")
+    assert parse_properties(text)["model_store"] == "C:\\store"
+
+
+def test_config_is_frozen():
+    c = cfg()
+    with pytest.raises(Exception):
+        c.workers = 9

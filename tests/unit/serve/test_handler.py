@@ -1,0 +1,240 @@
+import io
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import CLASSES, make_context
+from serve import handler as handler_mod
+from serve.handler import HandlerService
+
+
+def npy(arr) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def run_batch(service, model_dir, requests):
+    """requests: list of (body, headers) -> list of (status, content_type, body)."""
+    ctx = make_context(model_dir, [h for _, h in requests])
+    out = service.handle([{"body": b} for b, _ in requests], ctx)
+    results = []
+    for i, body in enumerate(out):
+        code, _ = ctx.get_response_status(i)
+        results.append((code or 200, ctx.get_response_content_type(i), body))
+    return results
+
+
+def service_for(model_dir):
+    s = HandlerService()
+    s.initialize(make_context(model_dir, [{}]))
+    return s
+
+
+def write_code(model_dir, source: str, name="inference.py"):
+    code = model_dir / "code"
+    code.mkdir(exist_ok=True)
+    (code / name).write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def classifier(model_dir, build_model_stub):
+    return service_for(model_dir)
+
+
+def test_default_handler_is_chosen_from_model_json(classifier):
+    assert set(classifier.fns.origin.values()) == {"handlers.image_classifier"}
+    assert classifier.fns.batched
+
+
+def test_mixed_batch_good_ones_succeed_bad_ones_fail_alone(classifier, model_dir, jpeg_bytes, png_bytes):
+    pixels = np.random.default_rng(0).integers(0, 255, (1, 3, 64, 64), dtype=np.uint8)
+    requests = [
+        (jpeg_bytes, {"Content-Type": "image/jpeg"}),
+        (jpeg_bytes[:300], {"Content-Type": "image/jpeg"}),  # truncated
+        (png_bytes, {"content-type": "image/png", "Accept": "text/csv"}),
+        (b"hello", {"Content-Type": "text/plain"}),  # unsupported
+        (npy(pixels), {"Content-Type": "application/x-npy", "Accept": "application/x-npy"}),
+        (b"[[1, NaN]]", {"Content-Type": "application/json"}),
+        (jpeg_bytes, {"Content-Type": "image/jpeg", "Accept": "image/png"}),  # unacceptable
+        (b"", {"Content-Type": "image/jpeg"}),
+        (npy(np.zeros((2, 5, 5))), {"Content-Type": "application/x-npy"}),  # wrong shape
+    ]
+    res = run_batch(classifier, model_dir, requests)
+    codes = [r[0] for r in res]
+    assert codes == [200, 400, 200, 415, 200, 400, 406, 400, 400]
+
+    top = json.loads(res[0][2])["predictions"]
+    assert len(top) == 3 and {p["label"] for p in top} == set(CLASSES)
+    assert abs(sum(p["probability"] for p in top) - 1) < 1e-3
+    assert res[0][1] == "application/json"
+
+    assert res[2][1] == "text/csv"
+    assert len(res[2][2].decode().strip().split(",")) == 3
+
+    probs = np.load(io.BytesIO(res[4][2]))
+    assert probs.shape == (1, 3)
+
+    for code, ctype, body in res:
+        if code >= 400:
+            err = json.loads(body)
+            assert ctype == "application/json" and err["code"] == code and err["message"]
+            assert "Traceback" not in body.decode() and "/" not in err["message"].replace("image/", "").replace("application/", "").replace("text/", "")
+
+
+def test_same_image_same_answer_alone_or_in_a_batch(classifier, model_dir, jpeg_bytes):
+    alone = run_batch(classifier, model_dir, [(jpeg_bytes, {"Content-Type": "image/jpeg"})])[0][2]
+    batch = run_batch(classifier, model_dir, [(jpeg_bytes, {"Content-Type": "image/jpeg"})] * 3)
+    for _, _, body in batch:
+        a, b = json.loads(alone)["predictions"], json.loads(body)["predictions"]
+        assert [p["index"] for p in a] == [p["index"] for p in b]
+        assert all(abs(x["probability"] - y["probability"]) < 1e-4 for x, y in zip(a, b))
+
+
+def test_json_batch_of_images_gives_one_list_per_image(classifier, model_dir):
+    arr = np.random.default_rng(1).random((2, 64, 64, 3)).tolist()  # NHWC floats in [0, 1]
+    (code, _, body), = run_batch(classifier, model_dir, [(json.dumps(arr).encode(), {"Content-Type": "application/json"})])
+    assert code == 200
+    preds = json.loads(body)["predictions"]
+    assert len(preds) == 2 and len(preds[0]) == 3
+
+
+def test_user_module_with_only_model_fn(model_dir, jpeg_bytes):
+    from conftest import FALLBACK_MODEL_FN
+
+    write_code(model_dir, FALLBACK_MODEL_FN)
+    s = service_for(model_dir)
+    assert s.fns.origin["model_fn"] == "inference.py"
+    assert s.fns.origin["input_fn"] == "handlers.image_classifier"
+    (code, _, body), = run_batch(s, model_dir, [(jpeg_bytes, {"Content-Type": "image/jpeg"})])
+    assert code == 200 and len(json.loads(body)["predictions"]) == 3
+
+
+WORKSHOP = '''
+import json, os, torch
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+    def forward(self, x):
+        return self.fc(x)
+
+def model_fn(model_dir):
+    torch.manual_seed(0)
+    return Net().eval()
+
+def input_fn(body, content_type):
+    if content_type != "application/json":
+        raise ValueError("unsupported content type " + content_type + " see /opt/ml/code/x.py")
+    return torch.tensor(json.loads(body), dtype=torch.float32)
+
+def predict_fn(data, model):
+    CALLS.append(len(data))
+    if data.shape[-1] == 5:
+        raise RuntimeError("boom in /secret/path")
+    return model(data)
+
+CALLS = []
+'''
+
+
+def test_workshop_script_no_model_json(tmp_path):
+    """A CIFAR-style inference.py (model_fn/input_fn/predict_fn, no output_fn,
+    no model.json): unchanged, one request at a time, defaults for output."""
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    write_code(model_dir, WORKSHOP)
+    s = service_for(model_dir)
+    assert s.fns.origin["output_fn"] == "handlers.tensor" and not s.fns.batched
+    res = run_batch(
+        s,
+        model_dir,
+        [
+            (b"[[1, 2, 3, 4]]", {"Content-Type": "application/json"}),
+            (b"[[1, 2, 3, 4]]", {"Content-Type": "text/csv"}),  # input_fn raises -> 400
+            (b"[[1, 2, 3, 4, 5]]", {"Content-Type": "application/json"}),  # predict_fn raises -> 500
+            (b"[[1, 2, 3, 4]]", {"Content-Type": "application/json", "Accept": "application/x-npy"}),
+        ],
+    )
+    assert [r[0] for r in res] == [200, 400, 500, 200]
+    assert np.array(json.loads(res[0][2])).shape == (1, 2)
+    bad_input = json.loads(res[1][2])["message"]
+    assert "unsupported content type" in bad_input and "/opt/ml" not in bad_input
+    assert json.loads(res[2][2]) == {
+        "error": "Internal Server Error", "code": 500, "message": "prediction failed (RuntimeError)",
+    }
+    assert np.load(io.BytesIO(res[3][2])).shape == (1, 2)
+
+
+def test_batched_user_predict_fn_is_called_once_per_batch(tmp_path):
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    write_code(model_dir, WORKSHOP.replace("def predict_fn", "from serve.user_module import batched\n@batched\ndef predict_fn").replace(
+        "    if data.shape[-1] == 5:", "    data = torch.cat(data)\n    if data.shape[-1] == 5:").replace(
+        "    return model(data)", "    return list(model(data).split(1))"))
+    s = service_for(model_dir)
+    import inference
+
+    inference.CALLS.clear()
+    res = run_batch(s, model_dir, [(b"[[1, 2, 3, 4]]", {"Content-Type": "application/json"})] * 4 + [(b"x", {"Content-Type": "application/json"})])
+    assert [r[0] for r in res] == [200, 200, 200, 200, 400]
+    assert inference.CALLS == [4]
+
+
+def test_transform_fn_and_model_fn_with_context(tmp_path):
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    write_code(model_dir, '''
+        SEEN = {}
+        def model_fn(model_dir, context):
+            SEEN["gpu"] = context.system_properties["gpu_id"]
+            return "the-model"
+        def transform_fn(model, body, content_type, accept):
+            if body == b"bad":
+                raise KeyError("x")
+            return body.upper(), "text/plain"
+    ''')
+    s = service_for(model_dir)
+    res = run_batch(s, model_dir, [(b"abc", {"Content-Type": "text/plain"}), (b"bad", {})])
+    assert res[0] == (200, "text/plain", b"ABC")
+    assert res[1][0] == 500 and b"transform_fn failed (KeyError)" in res[1][2]
+
+
+def test_sagemaker_program_selects_the_file(tmp_path, monkeypatch):
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    write_code(model_dir, "def model_fn(d):\n    return 'other'\n", name="other.py")
+    monkeypatch.setenv("SAGEMAKER_PROGRAM", "other.py")
+    assert service_for(model_dir).model == "other"
+
+
+def test_load_failure_is_reported_to_serve(tmp_path, monkeypatch):
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    write_code(model_dir, "def model_fn(d):\n    raise RuntimeError('weights are corrupt')\n")
+    status = tmp_path / "status"
+    status.mkdir()
+    monkeypatch.setenv("BYOC_SERVE_STATUS_DIR", str(status))
+    monkeypatch.setattr(handler_mod, "_service", None)
+    with pytest.raises(RuntimeError):
+        handler_mod.handle(None, make_context(model_dir, [{}]))
+    (marker,) = status.glob("load-failed-*.json")
+    assert json.loads(marker.read_text())["message"] == "weights are corrupt"
+
+
+def test_no_model_at_all_fails_to_load(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model to load"):
+        service_for(tmp_path)
+
+
+def test_multihead_without_its_handler_fails_clearly(tmp_path):
+    (tmp_path / "model.json").write_text(json.dumps({"task": "image-classification", "heads": [{"name": "a", "classes": ["x"]}]}))
+    import importlib.util
+
+    if importlib.util.find_spec("handlers.multihead"):
+        pytest.skip("handlers.multihead exists now")
+    with pytest.raises(RuntimeError, match="handlers.multihead"):
+        service_for(tmp_path)

@@ -1,0 +1,287 @@
+"""The real `serve` (TorchServe 0.12 + java on this host) against a tiny real
+model: /ping, /invocations with real images, bad requests, a model that cannot
+load, SIGTERM with a request in flight. Skipped only when java or TorchServe is
+missing."""
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from conftest import CLASSES, FALLBACK_MODEL_FN, has_build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def _missing() -> str | None:
+    if not shutil.which("java"):
+        return "java is not installed (TorchServe's frontend needs a JRE 17)"
+    try:
+        import ts  # noqa: F401
+    except ImportError:
+        return "torchserve is not installed (pip install torchserve==0.12.0)"
+    return None
+
+
+_WHY = _missing()
+if _WHY:
+    print(f"skipping TorchServe tests: {_WHY}")
+pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
+
+
+def free_ports(n: int) -> list[int]:
+    """n consecutive free TCP ports."""
+    for _ in range(200):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        base = s.getsockname()[1]
+        s.close()
+        if base + n > 65000:
+            continue
+        try:
+            socks = []
+            for p in range(base, base + n):
+                t = socket.socket()
+                t.bind(("0.0.0.0", p))
+                socks.append(t)
+            for t in socks:
+                t.close()
+            return list(range(base, base + n))
+        except OSError:
+            for t in socks:
+                t.close()
+    raise RuntimeError("no free ports")
+
+
+def http(method, url, body=None, headers=None, timeout=60):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.headers.get("Content-Type"), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers.get("Content-Type"), err.read()
+
+
+class Serve:
+    """`python -m serve` in a subprocess, with its output kept for asserts."""
+
+    def __init__(self, model_dir, workdir, **env):
+        port, mgmt = free_ports(1)[0], free_ports(4)[0]
+        self.port, self.mgmt = port, mgmt
+        self.url = f"http://127.0.0.1:{port}"
+        os.makedirs(workdir, exist_ok=True)
+        self.log_path = os.path.join(workdir, "serve.log")
+        full_env = dict(os.environ)
+        full_env.update(
+            {
+                "SM_MODEL_DIR": str(model_dir),
+                "BYOC_SERVE_WORKDIR": str(workdir),
+                "SAGEMAKER_BIND_TO_PORT": str(port),
+                "SAGEMAKER_SAFE_PORT_RANGE": f"{mgmt}-{mgmt + 3}",
+                "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+                "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+                "BYOC_SERVE_STARTUP_TIMEOUT": "120",
+            }
+        )
+        full_env.update({k: str(v) for k, v in env.items()})
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "serve"], env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return open(self.log_path, errors="replace").read()
+
+    def wait_ready(self, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"serve exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
+            if "worker(s) ready" in self.output():
+                return
+            time.sleep(0.5)
+        pytest.fail(f"serve not ready after {timeout}s:\n{self.output()[-4000:]}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def make_model_dir(path, model_files, code: str | None = None):
+    path.mkdir()
+    os.symlink(model_files / "model.pt", path / "model.pt")
+    (path / "model.json").write_text((model_files / "model.json").read_text())
+    if code is None and not has_build_model():
+        code = FALLBACK_MODEL_FN  # train/classify/models.py not written yet
+    if code:
+        (path / "code").mkdir()
+        (path / "code" / "inference.py").write_text(code)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(model_files, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve")
+    model_dir = make_model_dir(base / "model", model_files)
+    s = Serve(model_dir, base / "work", SAGEMAKER_TS_BATCH_SIZE=4, SAGEMAKER_TS_MAX_BATCH_DELAY=20)
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+    assert s.proc.returncode == 0, s.output()[-3000:]
+    assert (model_dir / "model.json").exists() and os.path.exists(model_dir / "model.pt")
+
+
+def npy(arr) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def test_ping_and_jpeg_top_k(server, jpeg_bytes):
+    assert http("GET", server.url + "/ping")[0] == 200
+    code, ctype, body = http("POST", server.url + "/invocations", jpeg_bytes, {"Content-Type": "image/jpeg"})
+    assert code == 200, body
+    assert ctype.startswith("application/json")
+    preds = json.loads(body)["predictions"]
+    assert [set(p) for p in preds] == [{"label", "index", "probability"}] * 3
+    assert {p["label"] for p in preds} == set(CLASSES)
+    assert preds[0]["probability"] >= preds[1]["probability"] >= preds[2]["probability"]
+
+
+def test_each_content_type(server, png_bytes, jpeg_bytes):
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    cases = [
+        (png_bytes, "image/png", "application/json"),
+        (jpeg_bytes, "application/x-image", "application/json"),
+        (npy(pixels), "application/x-npy", "application/x-npy"),
+        (json.dumps(pixels.tolist()).encode(), "application/json", "text/csv"),
+    ]
+    for body, ctype, accept in cases:
+        code, rtype, out = http("POST", server.url + "/invocations", body, {"Content-Type": ctype, "Accept": accept})
+        assert code == 200, (ctype, out)
+        assert rtype.startswith(accept)
+
+
+def test_bad_requests_get_4xx_json_and_server_stays_healthy(server, jpeg_bytes):
+    cases = [
+        (jpeg_bytes[:200], "image/jpeg", None, 400),
+        (b"", "image/jpeg", None, 400),
+        (b"garbage", "image/png", None, 400),
+        (b"[1, NaN]", "application/json", None, 400),
+        (b"[[1, 2], [3]]", "application/json", None, 400),
+        (b'{"a": 1}', "application/json", None, 400),
+        (b"\x93NUMPY garbage", "application/x-npy", None, 400),
+        (b"hello", "text/html", None, 415),
+        (jpeg_bytes, "image/jpeg", "image/png", 406),
+        (os.urandom(2000), "application/x-image", None, 400),
+    ]
+    for body, ctype, accept, expected in cases:
+        headers = {"Content-Type": ctype}
+        if accept:
+            headers["Accept"] = accept
+        code, rtype, out = http("POST", server.url + "/invocations", body, headers)
+        assert code == expected, (ctype, code, out)
+        err = json.loads(out)
+        assert err["code"] == expected and "Traceback" not in out.decode()
+        assert "/tmp" not in out.decode() and REPO not in out.decode()
+    assert http("GET", server.url + "/ping")[0] == 200
+    assert http("POST", server.url + "/invocations", jpeg_bytes, {"Content-Type": "image/jpeg"})[0] == 200
+
+
+def test_decompression_bomb_is_413(server):
+    from test_codecs import png_header
+
+    code, _, out = http("POST", server.url + "/invocations", png_header(12000, 12000), {"Content-Type": "image/png"})
+    assert code == 413, out
+
+
+def test_concurrent_mixed_batches(server, jpeg_bytes):
+    """Batch size 4: good and bad requests share batches; each gets its own answer."""
+    reqs = [(jpeg_bytes, "image/jpeg", 200), (b"nope", "image/jpeg", 400), (b"[1]", "text/html", 415)] * 8
+
+    def call(r):
+        return http("POST", server.url + "/invocations", r[0], {"Content-Type": r[1]})[0], r[2]
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(call, reqs))
+    assert all(got == want for got, want in results), results
+
+
+def test_get_invocations_does_not_run_the_model(server):
+    code, _, _ = http("GET", server.url + "/invocations")
+    assert 400 <= code < 500
+
+
+def test_management_api_only_on_loopback(server):
+    assert http("GET", f"http://127.0.0.1:{server.mgmt}/models")[0] == 200
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("10.255.255.255", 1))  # no packet sent: just picks the outward interface
+        ip = s.getsockname()[0]
+    except OSError:
+        pytest.skip("no non-loopback address")
+    finally:
+        s.close()
+    if ip.startswith("127."):
+        pytest.skip("no non-loopback address")
+    with pytest.raises(OSError):
+        socket.create_connection((ip, server.mgmt), timeout=2).close()
+
+
+def test_model_that_cannot_load_exits_non_zero_with_reason(model_files, tmp_path):
+    model_dir = make_model_dir(
+        tmp_path / "model", model_files, code="def model_fn(model_dir):\n    raise RuntimeError('state_dict does not match resnet18')\n"
+    )
+    s = Serve(model_dir, tmp_path / "work")
+    try:
+        s.proc.wait(120)
+    finally:
+        s.stop()
+    out = s.output()
+    assert s.proc.returncode == 1, out[-3000:]
+    assert "state_dict does not match resnet18" in out
+
+
+SLOW = FALLBACK_MODEL_FN + '''
+import time
+def transform_fn(model, body, content_type, accept):
+    time.sleep(float(body or 3))
+    return b"done", "text/plain"
+'''
+
+
+def test_sigterm_finishes_the_request_in_flight(model_files, tmp_path):
+    """TorchServe alone drops a request still in a worker 2 s after SIGTERM;
+    `serve` drains first."""
+    model_dir = make_model_dir(tmp_path / "model", model_files, code=SLOW)
+    s = Serve(model_dir, tmp_path / "work", BYOC_SERVE_GRACE_PERIOD=20)
+    try:
+        s.wait_ready()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(http, "POST", s.url + "/invocations", b"4", {"Content-Type": "text/plain"})
+            time.sleep(1.0)
+            s.proc.send_signal(signal.SIGTERM)
+            code, _, body = fut.result(30)
+        assert (code, body) == (200, b"done")
+        assert s.proc.wait(30) == 0
+    finally:
+        s.stop()
