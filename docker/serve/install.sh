@@ -12,6 +12,7 @@ apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >/dev/nul
 rm -rf /var/lib/apt/lists/*
 
 pip install -q -r "$here/requirements.txt"
+pip install -q --no-deps sagemaker-inference==1.10.1
 
 useradd --create-home --uid 1000 --shell /usr/sbin/nologin model-server
 install -d -o model-server -g model-server /home/model-server/tmp /opt/ml/model

@@ -23,7 +23,7 @@ def test_train_is_the_sagemaker_entry(docker, train_image):
 def test_train_image_has_torch_horovod_and_the_toolkits(docker, train_image, flavor):
     code = (
         "import torch, torchvision, timm, sagemaker_training, horovod.torch as hvd;"
-        "print(torch.__version__, torchvision.__version__, hvd.mpi_built(), hvd.gloo_built(), hvd.nccl_built())"
+        "print(torch.__version__, torchvision.__version__, bool(hvd.mpi_built()), bool(hvd.gloo_built()), bool(hvd.nccl_built()))"
     )
     out = run_in(docker, train_image, "python", "-c", code)
     assert out.returncode == 0, out.stderr
