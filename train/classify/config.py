@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluation: resize to image-size/ratio, then center-crop image-size")
     add("mean", type=triple, default=IMAGENET_MEAN, help="per-channel normalisation mean")
     add("std", type=triple, default=IMAGENET_STD, help="per-channel normalisation std")
-    add("workers", type=auto_or(non_negative_int), default=None,
+    add("workers", type=auto_or(non_negative_int), default="auto",
         help="DataLoader worker processes per rank; auto: min(8, CPUs per rank - 1)")
 
     g = p.add_argument_group("model")
@@ -178,10 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("epochs", type=positive_int, default=10, help="passes over the training data")
     add("batch-size", type=positive_int, default=64, help="images per step per process")
     add("optimizer", default="sgd", choices=["sgd", "adamw"], help="optimizer")
-    add("lr", type=auto_or(float), default=None,
+    add("lr", type=auto_or(float), default="auto",
         help="peak learning rate; auto: sgd 0.1 x global batch/256, adamw 1e-3")
     add("momentum", type=non_negative_float, default=0.9, help="SGD momentum (Nesterov)")
-    add("weight-decay", type=auto_or(non_negative_float), default=None,
+    add("weight-decay", type=auto_or(non_negative_float), default="auto",
         help="weight decay (not on norms and biases); auto: sgd 1e-4, adamw 0.05")
     add("lr-schedule", default="cosine", choices=["cosine", "onecycle", "constant"],
         help="per-step schedule; cosine decays to 0 after --warmup-epochs of linear warm-up")
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
         help="mixed precision; auto: bf16 on a GPU that supports it, none on CPU; fp16 is GPU only "
              "(with a GradScaler)")
-    add("channels-last", type=auto_or(boolean), default=None,
+    add("channels-last", type=auto_or(boolean), default="auto",
         help="channels_last memory format; auto: on for CUDA")
     add("compile", type=boolean, default=False, help="torch.compile the model")
 

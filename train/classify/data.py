@@ -197,7 +197,7 @@ def read_idx(path: Path) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise UsageError(f"{path}: idx header says {dims}, file holds {data.size} bytes")
-    return data.reshape(dims)
+    return data.reshape(dims).copy()  # writable, for torch.from_numpy
 
 
 def read_mnist(root: Path) -> tuple[Samples, Samples | None]:
@@ -408,4 +408,7 @@ def ignore_sigterm(worker_id: int) -> None:
 def make_loader(dataset: Dataset, batch_sampler: Sampler, workers: int, pin_memory: bool) -> DataLoader:
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-                      worker_init_fn=ignore_sigterm if workers > 0 else None)
+                      worker_init_fn=ignore_sigterm if workers > 0 else None,
+                      # its own generator: creating an iterator must not draw from the global RNG,
+                      # or a resumed run (one iterator more) would diverge from an uninterrupted one
+                      generator=torch.Generator().manual_seed(0))

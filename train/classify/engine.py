@@ -217,7 +217,7 @@ class Trainer:
                                   rng=rngs[0], rng_per_rank=rngs, meters=self.meters.cpu(),
                                   history=list(self.history), config=self._run_config())
             path = self.checkpointer.save(state, self.global_step)
-            log.info("checkpoint (%s) epoch=%d step=%d -> %s", reason, self.epoch + 1, self.step_in_epoch, path)
+            log.info("checkpoint (%s), resumes at epoch=%d step=%d: %s", reason, self.epoch + 1, self.step_in_epoch, path)
         else:
             self.checkpointer.mark_saved(self.global_step)
         distributed.barrier(self.ctx)

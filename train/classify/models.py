@@ -86,14 +86,11 @@ def _torchvision_model(arch: str, num_classes: int, size: tuple, channels: int) 
 
 def _timm_model(arch: str, num_classes: int, size: tuple, channels: int) -> nn.Module:
     timm = _timm()
-    kwargs = {}
     try:  # models with position embeddings or fixed windows need the input size
-        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=channels,
-                                  img_size=tuple(size))
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=channels,
+                                 img_size=tuple(size))
     except TypeError:  # convnets take no img_size argument
-        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=channels,
-                                  **kwargs)
-    return model
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=channels)
 
 
 # ----------------------------------------------------------------------------- transfer learning

@@ -1,0 +1,127 @@
+"""`python -m train.classify` end to end on real data (scikit-learn digits), in a subprocess."""
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from classify_testdata import digits, write_image_folder
+
+REPO = Path(__file__).resolve().parents[3]
+# timm's 100k-parameter test_efficientnet at 16x16: fast enough on 2 busy CPU cores
+FAST = ["--arch", "test_efficientnet", "--image-size", "16", "--hflip", "false", "--min-crop-scale", "0.5",
+        "--checkpoint-every-seconds", "0"]
+EPOCH_LINE = re.compile(r"epoch=(\d+) train_loss=([0-9.]+) train_acc=([0-9.]+) val_loss=([0-9.]+) "
+                        r"val_acc=([0-9.]+) lr=([0-9.e-]+) images_per_sec=([0-9.]+)")
+
+pytest.importorskip("timm")
+
+
+def trainer(root: Path, *args: str) -> list:
+    return [sys.executable, "-m", "train.classify", *FAST, *args]
+
+
+def env_for(root: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    return {**env, "BYOC_ML_ROOT": str(root), "PYTHONPATH": str(REPO), "WORLD_SIZE": "1"}
+
+
+def ml_root(tmp_path: Path, images, labels) -> Path:
+    write_image_folder(tmp_path / "input/data/train", images, labels)
+    return tmp_path
+
+
+def predict_with_artifact(model_dir: Path, images: np.ndarray) -> np.ndarray:
+    """What serving does: rebuild from model.json alone, load model.pt weights-only, predict."""
+    from train.classify.data import eval_transform
+    from train.classify.models import build_model
+
+    spec = json.loads((model_dir / "model.json").read_text())
+    model = build_model(spec).eval()
+    model.load_state_dict(torch.load(model_dir / spec["weights"], weights_only=True))
+    size = spec["input_size"][1]
+    tf = eval_transform(size, 0.875)
+    x = torch.stack([tf(torch.from_numpy(im)[None].expand(3, -1, -1)) for im in images]).float() / 255
+    x = (x - torch.tensor(spec["mean"]).view(1, 3, 1, 1)) / torch.tensor(spec["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model(x).argmax(1).numpy()
+
+
+def test_trains_digits_to_90_percent_and_exports(tmp_path):
+    images, labels = digits()
+    root = ml_root(tmp_path, images, labels)
+    started = time.monotonic()
+    proc = subprocess.run(trainer(root, "--epochs", "4", "--workers", "0", "--log-interval", "0"),
+                          env=env_for(root), cwd=REPO, capture_output=True, text=True, timeout=600)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    epochs = EPOCH_LINE.findall(proc.stdout)
+    assert [e[0] for e in epochs] == ["1", "2", "3", "4"], proc.stdout
+    val_acc = float(epochs[-1][4])
+    print(f"digits: val_acc={val_acc:.4f} after 4 epochs in {seconds:.1f} s")
+    assert val_acc >= 0.90, proc.stdout
+
+    model_dir = root / "model"
+    spec = json.loads((model_dir / "model.json").read_text())
+    assert (spec["arch"], spec["library"], spec["num_classes"], spec["input_size"]) == \
+        ("test_efficientnet", "timm", 10, [3, 16, 16])
+    assert spec["classes"] == [str(i) for i in range(10)] and spec["heads"] is None
+    assert "from handlers.image_classifier import model_fn" in (model_dir / "code/inference.py").read_text()
+    accuracy = float((predict_with_artifact(model_dir, images) == labels).mean())
+    assert accuracy >= 0.90  # all 1,797 digits, 90% of which were trained on
+    assert (root / "output/data/training_curves.png").stat().st_size > 1000
+    assert any((root / "output/tensorboard").iterdir())
+    assert len(list((root / "checkpoints").glob("checkpoint-*.pt"))) == 2  # --keep-checkpoints default
+
+
+def test_missing_channel_fails_fast_with_reason(tmp_path):
+    proc = subprocess.run(trainer(tmp_path), env=env_for(tmp_path), cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "'train' channel is missing" in proc.stderr
+
+
+def test_sigterm_then_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
+    images, labels = digits(per_class=30)  # 300 images: 240 train -> 15 steps of 16 per epoch
+    args = ["--epochs", "2", "--batch-size", "16", "--val-fraction", "0.2", "--deterministic", "true",
+            "--workers", "1", "--log-interval", "1"]
+    whole = ml_root(tmp_path / "whole", images, labels)
+    proc = subprocess.run(trainer(whole, *args), env=env_for(whole), cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    cut = ml_root(tmp_path / "cut", images, labels)
+    stop_after = random.randint(2, 12)  # a random step inside the first epoch
+    run = subprocess.Popen(trainer(cut, *args), env=env_for(cut), cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in run.stdout:
+        seen.append(line)
+        if f"progress epoch=1 step={stop_after}/" in line:
+            run.send_signal(signal.SIGTERM)
+            break
+    rest, _ = run.communicate(timeout=300)
+    log = "".join(seen) + rest
+    assert run.returncode == 143, log[-3000:]
+    assert "checkpoint (SIGTERM)" in log and not (cut / "model/model.pt").exists()
+
+    resumed = subprocess.run(trainer(cut, *args), env=env_for(cut), cwd=REPO, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "epoch=1 step=" in resumed.stdout
+    a = torch.load(whole / "model/model.pt", weights_only=True)
+    b = torch.load(cut / "model/model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"stopped after step {stop_after}; differing tensors: {different[:5]}"
+    # and the metric lines of the resumed epoch match the uninterrupted run's
+    assert EPOCH_LINE.findall(proc.stdout)[-1][:6] == EPOCH_LINE.findall(resumed.stdout)[-1][:6]
