@@ -34,7 +34,7 @@ def input_fn(body, content_type: str, context=None) -> torch.Tensor:
     spec = common.spec_for(context)
     channels, height, width = spec["input_size"]
     if content_type in codecs.IMAGE_TYPES:
-        return _from_image(body, content_type, channels, height, width)
+        return _from_image(body, content_type, channels, height, width, spec.get("eval_crop_ratio", 1.0))
     if content_type in (codecs.NPY, codecs.JSON):
         return _from_array(codecs.decode_array(body, content_type), channels, height, width)
     codecs.require_type(content_type, codecs.IMAGE_TYPES + (codecs.NPY, codecs.JSON))
@@ -68,7 +68,9 @@ def output_fn(prediction: torch.Tensor, accept: str, context=None):
 
 
 # ---------------------------------------------------------------- helpers
-def _from_image(body, content_type, channels, height, width) -> torch.Tensor:
+def _from_image(body, content_type, channels, height, width, crop_ratio=1.0) -> torch.Tensor:
+    """Decode, then the trainer's evaluation transform: shorter side to
+    size / crop_ratio, center crop to size (ratio 1: the whole image, squeezed)."""
     img = codecs.decode_image(body, content_type, draft=(width, height))
     if channels == 1:
         img = img.convert("L")
@@ -76,10 +78,24 @@ def _from_image(body, content_type, channels, height, width) -> torch.Tensor:
         raise BadRequest(f"the model takes {channels}-channel arrays, not images")
     from PIL import Image
 
-    img = img.resize((width, height), Image.BILINEAR)
+    if crop_ratio >= 1.0:
+        img = img.resize((width, height), Image.BILINEAR)
+    else:
+        img = _resize_center_crop(img, height, width, crop_ratio)
     arr = np.asarray(img, dtype=np.uint8)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(arr.copy()).unsqueeze(0).float().div_(255)
+
+
+def _resize_center_crop(img, height, width, crop_ratio):
+    from PIL import Image
+
+    short = max(height, width, int(round(min(height, width) / crop_ratio)))
+    scale = short / min(img.size)
+    size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
+    img = img.resize(size, Image.BILINEAR, reducing_gap=3.0)
+    left, top = (img.width - width) // 2, (img.height - height) // 2
+    return img.crop((left, top, left + width, top + height))
 
 
 def _from_array(arr: np.ndarray, channels, height, width) -> torch.Tensor:

@@ -15,7 +15,7 @@ from PIL import Image
 from skimage import data
 
 CLASSES = ("brick", "grass", "gravel")
-PATCH = 64
+PATCH = 128
 STRIDE = 48
 ROOT = Path(__file__).resolve().parents[1] / "samples"
 

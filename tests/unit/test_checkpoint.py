@@ -148,3 +148,16 @@ def test_sigterm_only_sets_flag_and_uninstall_restores():
             time.sleep(0.01)
         assert stop.requested and stop.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_atomic_save_gives_the_file_the_usual_permissions(tmp_path):
+    # a model file written by the (root) trainer must be readable by the
+    # serving image's non-root user: not mkstemp's 0600
+    import os
+    from byoc.checkpoint import atomic_save
+    old = os.umask(0o022)
+    try:
+        path = atomic_save({"w": 1}, tmp_path / "model.pt")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -127,7 +127,8 @@ class Trainer:
         except (ValueError, ImportError) as e:
             raise UsageError(str(e)) from None
         self.spec = export.model_spec(arch=args.arch, library=library, classes=self.bundle.classes,
-                                      image_size=args.image_size, mean=args.mean, std=args.std)
+                                      image_size=args.image_size, mean=args.mean, std=args.std,
+                                      eval_crop_ratio=args.eval_crop_ratio)
         self._build_data()
         self._build_model()
 

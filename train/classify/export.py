@@ -29,7 +29,7 @@ def _version(dist_name: str) -> str | None:
 
 
 def model_spec(*, arch: str, library: str, classes: list[str], image_size: int,
-               mean, std) -> dict:
+               mean, std, eval_crop_ratio: float = 1.0) -> dict:
     """The model.json dict, keys in the documented order."""
     import torchvision
 
@@ -44,6 +44,7 @@ def model_spec(*, arch: str, library: str, classes: list[str], image_size: int,
         "input_size": [3, image_size, image_size],
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
+        "eval_crop_ratio": float(eval_crop_ratio),
         "weights": "model.pt",
         "versions": {
             "torch": torch.__version__,

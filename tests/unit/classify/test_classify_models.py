@@ -34,7 +34,7 @@ def test_rebuild_from_model_json_alone(tmp_path):
     export.export_model(model, s, tmp_path)
     loaded = json.loads((tmp_path / "model.json").read_text())
     assert list(loaded) == ["format_version", "task", "arch", "library", "num_classes", "classes", "heads",
-                            "input_size", "mean", "std", "weights", "versions"]
+                            "input_size", "mean", "std", "eval_crop_ratio", "weights", "versions"]
     twin = build_model(loaded).eval()
     twin.load_state_dict(torch.load(tmp_path / loaded["weights"], weights_only=True))
     x = torch.randn(2, *loaded["input_size"])

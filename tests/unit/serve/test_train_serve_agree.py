@@ -1,0 +1,29 @@
+"""The serving handler sees a photo the way the trainer's evaluation did."""
+import io
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+
+from handlers import common, image_classifier
+from train.classify.data import eval_transform
+
+
+def test_input_fn_repeats_the_trainers_eval_transform(tmp_path, monkeypatch):
+    size, ratio = 64, 0.875
+    (tmp_path / "model.json").write_text(json.dumps({"input_size": [3, size, size], "eval_crop_ratio": ratio}))
+    monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path))
+    common.read_spec.cache_clear()
+    rng = np.random.default_rng(0)
+    # smooth content, so that resampling filters differ little
+    base = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    photo = Image.fromarray(base).resize((160, 120), Image.BICUBIC)
+    body = io.BytesIO()
+    photo.save(body, format="PNG")
+
+    served = image_classifier.input_fn(body.getvalue(), "image/png")[0]
+    trained = eval_transform(size, ratio)(photo).float() / 255
+    assert served.shape == trained.shape == (3, size, size)
+    assert (served - trained).abs().mean() < 0.02
+    common.read_spec.cache_clear()
