@@ -275,7 +275,8 @@ cmd_test() {
   else
     log "no docker daemon: container tests will fail (or skip outside CI)"
   fi
-  export BYOC_TRAIN_IMAGE=$(local_ref train) BYOC_SERVE_IMAGE=$(local_ref serve) BYOC_FLAVOR=$FLAVOR DOCKER
+  BYOC_TRAIN_IMAGE=$(local_ref train); BYOC_SERVE_IMAGE=$(local_ref serve)
+  export BYOC_TRAIN_IMAGE BYOC_SERVE_IMAGE BYOC_FLAVOR=$FLAVOR DOCKER
   cd "$ROOT"
   exec "$VENV/bin/python" -m pytest "${EXTRA[@]}"
 }
@@ -284,7 +285,8 @@ cmd_test() {
 cmd_demo() {
   require_docker
   cmd_build
-  export BYOC_TRAIN_IMAGE=$(local_ref train) BYOC_SERVE_IMAGE=$(local_ref serve) DOCKER
+  BYOC_TRAIN_IMAGE=$(local_ref train); BYOC_SERVE_IMAGE=$(local_ref serve)
+  export BYOC_TRAIN_IMAGE BYOC_SERVE_IMAGE DOCKER
   exec bash "$ROOT/scripts/demo.sh"
 }
 
@@ -292,7 +294,7 @@ cmd_lint() {
   ensure_venv
   local rc=0
   "$VENV/bin/hadolint" --config "$ROOT/.hadolint.yaml" "$ROOT"/docker/*.Dockerfile || rc=1
-  "$VENV/bin/shellcheck" -x "$ROOT/build.sh" "$ROOT"/.ci/run "$ROOT"/docker/*/*.sh "$ROOT"/scripts/*.sh || rc=1
+  "$VENV/bin/shellcheck" -x -P "$ROOT" "$ROOT/build.sh" "$ROOT"/.ci/run "$ROOT"/docker/*/*.sh "$ROOT"/scripts/*.sh || rc=1
   [ $rc = 0 ] && log "lint clean"
   return $rc
 }

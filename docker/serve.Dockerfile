@@ -46,7 +46,7 @@ RUN --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
     --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
     . /opt/byoc/pip-env.sh && pip install -q --no-deps /tmp/src && rm -rf /tmp/src
 ENV TEMP=/home/model-server/tmp
-USER model-server
+USER 1000:1000
 WORKDIR /home/model-server
 EXPOSE 8080
 ENTRYPOINT ["/usr/bin/tini", "--"]

@@ -3,6 +3,7 @@
 # packages, and the unprivileged user the server runs as.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=docker/runtime/pip-env.sh
 . /opt/byoc/pip-env.sh
 
 export DEBIAN_FRONTEND=noninteractive

@@ -8,7 +8,9 @@ set -euo pipefail
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
 FLAVOR=${FLAVOR:-gpu}
+# shellcheck source=docker/runtime/pip-env.sh
 . /opt/byoc/pip-env.sh
+# shellcheck source=docker/train/versions.env
 . "$here/versions.env"
 mkdir -p "$out"
 
@@ -35,7 +37,8 @@ tar -xzf "$src"/horovod-*.tar.gz -C "$src"
 hvd="$src/horovod-$HOROVOD_VERSION"
 sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$hvd/CMakeLists.txt"
 sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 20)/' "$hvd/horovod/torch/CMakeLists.txt"
-export CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" \
+jobs=$(nproc)
+export CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$jobs" \
   HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
   HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
 if [ "$FLAVOR" = gpu ]; then

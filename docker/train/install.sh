@@ -4,6 +4,7 @@
 set -euo pipefail
 wheels=$1
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=docker/runtime/pip-env.sh
 . /opt/byoc/pip-env.sh
 
 export DEBIAN_FRONTEND=noninteractive
