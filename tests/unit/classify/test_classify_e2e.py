@@ -16,6 +16,8 @@ import torch
 
 from classify_testdata import digits, write_image_folder
 
+pytestmark = pytest.mark.slow  # real training runs in subprocesses
+
 REPO = Path(__file__).resolve().parents[3]
 # timm's 100k-parameter test_efficientnet at 16x16: fast enough on 2 busy CPU cores
 FAST = ["--arch", "test_efficientnet", "--image-size", "16", "--hflip", "false", "--min-crop-scale", "0.5",

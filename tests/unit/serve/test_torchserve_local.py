@@ -38,7 +38,7 @@ def _missing() -> str | None:
 _WHY = _missing()
 if _WHY:
     print(f"skipping TorchServe tests: {_WHY}")
-pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_WHY is not None, reason=_WHY or "")]
 
 
 def free_ports(n: int) -> list[int]:
