@@ -35,7 +35,8 @@ What it reads (as SageMaker, local mode or `docker run` provide it):
                                              the source directory
   SAGEMAKER_SUBMIT_DIRECTORY / sagemaker_submit_directory
                                              the source directory: a folder, or a .tar.gz
-                                             unpacked into /opt/ml/code (default /opt/ml/code);
+                                             (local or s3://, as remote jobs get it) unpacked
+                                             into /opt/ml/code (default /opt/ml/code);
                                              its requirements.txt is pip-installed first
   BYOC_ML_ROOT                               use another folder instead of /opt/ml
   BYOC_TORCHRUN_PORT, BYOC_STOP_GRACE_S, BYOC_MPI_SYNC_PORT, BYOC_MPI_WAIT_S
@@ -101,7 +102,25 @@ def unpack_code(archive: Path, code_dir: Path) -> None:
         raise ContractError(f"cannot unpack source archive {archive}: {error}") from None
 
 
+def download_source(uri: str, dest_dir: Path) -> Path:
+    """The s3:// source archive of a remote job (the SDK uploads sourcedir.tar.gz)."""
+    import boto3  # installed with sagemaker-training; imported only for S3 sources
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    target = dest_dir / Path(key).name
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        boto3.client("s3").download_file(bucket, key, str(target))
+    except (BotoCoreError, ClientError) as error:
+        raise ContractError(f"cannot download source archive {uri}: {error}") from None
+    return target
+
+
 def prepare_code(contract: Contract) -> None:
+    if contract.code_s3_uri is not None:
+        archive = download_source(contract.code_s3_uri, contract.root / "input" / "source")
+        unpack_code(archive, contract.code_dir)
     if contract.code_archive is not None:
         unpack_code(contract.code_archive, contract.code_dir)
     if contract.program is not None:

@@ -110,6 +110,7 @@ class Contract:
     job_name: str
     distribution: Distribution = field(default_factory=Distribution)
     settings: Settings = field(default_factory=Settings)
+    code_s3_uri: str | None = None  # an s3:// source archive, downloaded then unpacked into code_dir
 
     # -- the /opt/ml layout -------------------------------------------------
     @property
@@ -496,7 +497,8 @@ def read_code_location(root: Path, environ: dict, sagemaker: dict) -> tuple:
     """(submit_dir as given, code_dir, archive to unpack or None).
 
     sagemaker_submit_directory wins over SAGEMAKER_SUBMIT_DIRECTORY. A folder is
-    used in place; a .tar.gz is unpacked into <root>/code; s3:// cannot be fetched.
+    used in place; a .tar.gz is unpacked into <root>/code; an s3:// archive is
+    downloaded first (see load_contract: code_s3_uri), as on remote SageMaker jobs.
     """
     default_code_dir = root / "code"
     given = sagemaker.get("sagemaker_submit_directory") or environ.get("SAGEMAKER_SUBMIT_DIRECTORY")
@@ -504,10 +506,10 @@ def read_code_location(root: Path, environ: dict, sagemaker: dict) -> tuple:
         return None, default_code_dir, None
     given = str(given)
     if given.startswith("s3://"):
-        raise ContractError(
-            f"source directory {given} is on S3, which this image does not download; "
-            "mount the code at /opt/ml/code (local mode: source_dir on local disk) or bake it into the image"
-        )
+        bucket, _, key = given[len("s3://"):].partition("/")
+        if not bucket or not key or key.endswith("/"):
+            raise ContractError(f"source directory {given} must name an archive: s3://bucket/path/sourcedir.tar.gz")
+        return given, default_code_dir, None
     path = Path(given.removeprefix("file://"))
     if path.is_dir():
         return given, path, None
@@ -595,6 +597,7 @@ def load_contract(environ: dict | None = None, num_gpus: int | None = None) -> C
         submit_dir=submit_dir,
         code_dir=code_dir,
         code_archive=code_archive,
+        code_s3_uri=submit_dir if submit_dir and submit_dir.startswith("s3://") else None,
         log_level=read_log_level(sagemaker),
         job_name=str(environ.get("TRAINING_JOB_NAME") or sagemaker.get("sagemaker_job_name") or ""),
         distribution=distribution,

@@ -209,7 +209,7 @@ def test_unknown_distribution_is_refused(tmp_path):
         ({"batch-size": 1, "batch_size": 2}, "SM_HP_BATCH_SIZE"),
         ({"sagemaker_program": "../escape.py"}, "relative path inside the source directory"),
         ({"sagemaker_program": "/abs/train.py"}, "relative path inside the source directory"),
-        ({"sagemaker_submit_directory": "s3://bucket/sourcedir.tar.gz"}, "is on S3"),
+        ({"sagemaker_submit_directory": "s3://bucket/"}, "must name an archive"),
         ({"sagemaker_submit_directory": "/nowhere/src"}, "does not exist"),
     ],
 )

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -263,3 +264,37 @@ def test_failure_file_written_by_the_program_is_kept(tmp_path):
     assert (tmp_path / "failure").read_text() == "mine"
     outcome.clear_outcome(tmp_path)
     assert outcome.write_failure(tmp_path, "ours") is True
+
+
+def test_source_archive_on_s3_is_downloaded_and_run(tmp_path, moto_server):
+    # what a remote SageMaker job gets: source_dir uploaded as s3://.../sourcedir.tar.gz
+    import boto3
+
+    root = make_job(tmp_path / "ml", ECHO_SCRIPT, hyperparameters={"batch-size": 8})
+    archive = tmp_path / "sourcedir.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root / "src" / "train.py", arcname="train.py")
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_server,
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="jobs")
+    s3.upload_file(str(archive), "jobs", "job-1/source/sourcedir.tar.gz")
+    hps = json.loads((root / "input/config/hyperparameters.json").read_text())
+    hps["sagemaker_submit_directory"] = json.dumps("s3://jobs/job-1/source/sourcedir.tar.gz")
+    (root / "input/config/hyperparameters.json").write_text(json.dumps(hps))
+    aws = dict(AWS_ENDPOINT_URL=moto_server, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_DEFAULT_REGION="us-east-1")
+
+    result = run_train(root, **aws)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads((root / "model" / "seen.json").read_text())
+    assert seen["argv"] == ["--batch-size", "8"]
+    assert seen["cwd"] == str(root / "code")
+
+    # a missing object fails before any work, with the reason first
+    hps["sagemaker_submit_directory"] = json.dumps("s3://jobs/nope/sourcedir.tar.gz")
+    (root / "input/config/hyperparameters.json").write_text(json.dumps(hps))
+    shutil.rmtree(root / "code")
+    result = run_train(root, **aws)
+    assert result.returncode != 0
+    failure = (root / "output" / "failure").read_text()
+    assert failure.startswith("cannot download source archive s3://jobs/nope/sourcedir.tar.gz")
