@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -214,8 +215,9 @@ def run_mpi_leader(contract: Contract, plan: launch.LaunchPlan, env: dict) -> in
     settings = contract.settings
     log.info("MPI leader: waiting for %d worker host(s) on port %d", workers, settings.mpi_sync_port)
     try:
-        ready = launch.wait_for_mpi_workers(settings.mpi_sync_port, workers, settings.mpi_wait_s)
-    except (TimeoutError, OSError) as error:
+        public_key = launch.make_job_ssh_key(Path.home() / ".ssh" / "id_ed25519")
+        ready = launch.wait_for_mpi_workers(settings.mpi_sync_port, workers, settings.mpi_wait_s, public_key)
+    except (TimeoutError, OSError, subprocess.CalledProcessError) as error:
         return fail(contract.output_dir, f"MPI start failed: {error}")
     try:
         return run_command(contract, plan, env)
@@ -229,9 +231,10 @@ def run_mpi_worker(contract: Contract, plan: launch.LaunchPlan) -> int:
     settings = contract.settings
     try:
         return launch.serve_as_mpi_worker(
-            contract.leader_host, settings.mpi_sync_port, settings.mpi_wait_s, plan.command
+            contract.leader_host, settings.mpi_sync_port, settings.mpi_wait_s, plan.command,
+            authorized_keys=Path.home() / ".ssh" / "authorized_keys",
         )
-    except (TimeoutError, OSError) as error:
+    except (TimeoutError, OSError, subprocess.CalledProcessError) as error:
         return fail(contract.output_dir, f"MPI worker {contract.current_host} failed: {error}")
 
 

@@ -1,6 +1,7 @@
 """Launcher command lines (pure) and the process runner."""
 
 import dataclasses
+import shutil
 import socket
 import sys
 import threading
@@ -211,12 +212,12 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def test_mpi_worker_exits_when_leader_releases_it():
+def test_mpi_worker_exits_when_leader_releases_it(tmp_path):
     port = free_port()
     leader_saw = {}
 
     def leader():
-        ready = launch.wait_for_mpi_workers(port, workers=1, wait_s=10)
+        ready = launch.wait_for_mpi_workers(port, workers=1, wait_s=10, public_key=b"ssh-ed25519 AAAA job")
         leader_saw["workers"] = len(ready.connections)
         time.sleep(0.3)  # "mpirun" runs; the worker must still be serving
         leader_saw["released_at"] = time.monotonic()
@@ -225,7 +226,10 @@ def test_mpi_worker_exits_when_leader_releases_it():
     thread = threading.Thread(target=leader)
     thread.start()
     # the worker (main thread: it installs signal handlers) retries until the leader listens
-    assert launch.serve_as_mpi_worker("127.0.0.1", port, wait_s=10, sshd_command=None) == 0
+    keys = tmp_path / "ssh" / "authorized_keys"
+    assert launch.serve_as_mpi_worker("127.0.0.1", port, wait_s=10, sshd_command=None, authorized_keys=keys) == 0
+    assert keys.read_text() == "ssh-ed25519 AAAA job\n"     # the job's key, handed over by the leader
+    assert keys.stat().st_mode & 0o777 == 0o600
     assert time.monotonic() >= leader_saw["released_at"]
     thread.join(5)
     assert leader_saw["workers"] == 1
@@ -239,3 +243,12 @@ def test_mpi_leader_gives_up_when_workers_do_not_come():
 def test_mpi_worker_gives_up_when_leader_never_comes():
     with pytest.raises(TimeoutError, match="not reachable"):
         launch.connect_with_retry("127.0.0.1", free_port(), wait_s=0.5)
+
+
+def test_job_ssh_key_is_made_once_per_job(tmp_path):
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen not installed")
+    key = tmp_path / ".ssh" / "id_ed25519"
+    public = launch.make_job_ssh_key(key)
+    assert public.startswith(b"ssh-ed25519 ") and key.stat().st_mode & 0o777 == 0o600
+    assert launch.make_job_ssh_key(key) == public     # a rerun on the same host keeps it
