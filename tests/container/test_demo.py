@@ -3,7 +3,6 @@ bundled sample photos, serve the model with the serving image, predict photos
 the model never saw. Then the served model is checked as a client would."""
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -12,13 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from containers import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from conftest import run_in
+from containers import run_in
 
 
 def inspect(docker, image):

@@ -138,13 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
                "after saving a checkpoint (rerun to resume), 1 any other error.",
     )
 
+    groups = [p]  # options go to the newest group, so --help shows them by topic
+
     def add(name: str, **kw):
         flags = [f"--{name}"]
         if "-" in name:
             flags.append(f"--{name.replace('-', '_')}")
-        p.add_argument(*flags, **kw)
+        groups[-1].add_argument(*flags, **kw)
 
-    g = p.add_argument_group("data")
+    groups.append(p.add_argument_group("data"))
     add("data-format", default="auto", choices=["auto", "imagefolder", "cifar", "mnist"],
         help="on-disk format of the train channel; auto detects it from the files")
     add("train-channel", default="train", help="channel holding the training data")
@@ -164,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("workers", type=auto_or(non_negative_int), default="auto",
         help="DataLoader worker processes per rank; auto: min(8, CPUs per rank - 1)")
 
-    g = p.add_argument_group("model")
+    groups.append(p.add_argument_group("model"))
     add("arch", default="resnet18", help="model name in torchvision or timm")
     add("library", default="auto", choices=["auto", "torchvision", "timm"],
         help="where --arch comes from; auto: torchvision if it has the name, else timm")
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="file name inside the pretrained channel (default: the only .pt/.pth/.bin file)")
     add("sync-bn", type=boolean, default=False, help="SyncBatchNorm under DDP (GPU)")
 
-    g = p.add_argument_group("optimisation")
+    groups.append(p.add_argument_group("optimisation"))
     add("epochs", type=positive_int, default=10, help="passes over the training data")
     add("batch-size", type=positive_int, default=64, help="images per step per process")
     add("optimizer", default="sgd", choices=["sgd", "adamw"], help="optimizer")
@@ -195,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="channels_last memory format; auto: on for CUDA")
     add("compile", type=boolean, default=False, help="torch.compile the model")
 
-    g = p.add_argument_group("reproducibility and checkpoints")
+    groups.append(p.add_argument_group("reproducibility and checkpoints"))
     add("seed", type=int, default=0, help="seed for init, split, order and augmentation")
     add("deterministic", type=boolean, default=False,
         help="torch.use_deterministic_algorithms + no cuDNN benchmark: bitwise-reproducible runs")

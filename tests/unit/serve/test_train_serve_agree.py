@@ -3,7 +3,6 @@ import io
 import json
 
 import numpy as np
-import torch
 from PIL import Image
 
 from handlers import common, image_classifier
