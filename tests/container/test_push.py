@@ -1,49 +1,34 @@
 """./build.sh push to a real registry on localhost (Debian's docker-registry),
-then the pushed image pulled back by digest-free tag and run."""
+then the pushed image pulled back by tag and run."""
 import os
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-
-from containers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_BIN = "/usr/bin/docker-registry"
 
 
 @pytest.fixture
-def registry(tmp_path):
+def registry(tmp_path, local_server):
     if not os.path.exists(REGISTRY_BIN):
         message = f"{REGISTRY_BIN} missing (apt-get install docker-registry; ./build.sh test installs it as root)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    port = free_port()
     config = tmp_path / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
-    )
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("docker-registry did not start")
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+
+    def argv(port):
+        config.write_text(
+            "version: 0.1\n"
+            "log: {level: warn}\n"
+            f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}\n"
+            f"http: {{addr: 127.0.0.1:{port}}}\n"
+        )
+        return [REGISTRY_BIN, "serve", str(config)]
+
+    return local_server(argv, "docker-registry")
 
 
 def test_push_both_images_then_pull_and_run(docker, train_image, serve_image, flavor, registry):

@@ -1,0 +1,37 @@
+"""Fixtures for every test folder."""
+import socket
+import subprocess
+import time
+
+import pytest
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def local_server():
+    """start(argv_for_port, what) runs a server on a free 127.0.0.1 port, waits until it
+    accepts connections and returns "127.0.0.1:PORT"; it is stopped after the test."""
+    started = []
+
+    def start(argv_for_port, what, timeout=30):
+        port = _free_port()
+        proc = subprocess.Popen(argv_for_port(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return f"127.0.0.1:{port}"
+            except OSError:
+                time.sleep(0.1)  # startup only
+        pytest.fail(f"{what} did not start on port {port}")
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(timeout=10)
