@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from train import outcome
 
 REPO = Path(__file__).resolve().parents[3]
@@ -106,6 +108,45 @@ def test_code_from_a_tarball(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "code" / "train.py").exists()
     assert json.loads((tmp_path / "model" / "seen.json").read_text())["cwd"] == f"{tmp_path}/code"
+
+
+def evil_archive(path):
+    """A source archive with one member that escapes the code folder."""
+    import io
+    with tarfile.open(path, "w:gz") as tar:
+        body = b"print('pwned')"
+        info = tarfile.TarInfo("../evil.py")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    return path
+
+
+def test_an_archive_escaping_the_code_folder_is_refused(tmp_path):
+    make_job(tmp_path, ECHO_SCRIPT)
+    archive = evil_archive(tmp_path / "sourcedir.tar.gz")
+    hps = json.loads((tmp_path / "input/config/hyperparameters.json").read_text())
+    del hps["sagemaker_submit_directory"]
+    (tmp_path / "input/config/hyperparameters.json").write_text(json.dumps(hps))
+    result = run_train(tmp_path, SAGEMAKER_SUBMIT_DIRECTORY=str(archive))
+    assert result.returncode != 0
+    assert (tmp_path / "output" / "failure").read_text().startswith("cannot unpack source archive")
+    assert not (tmp_path / "evil.py").exists()
+
+
+def test_member_checks_for_pythons_without_the_data_filter(tmp_path):
+    # the CPU image's Python (Debian 12: 3.11.2) has no tarfile data filter
+    from train.__main__ import checked_members
+    dest = tmp_path / "code"
+    dest.mkdir()
+    with tarfile.open(evil_archive(tmp_path / "evil.tar.gz")) as tar:
+        with pytest.raises(ValueError, match="outside"):
+            checked_members(tar, dest)
+    good = tmp_path / "good.tar.gz"
+    with tarfile.open(good, "w:gz") as tar:
+        (tmp_path / "a.py").write_text("x = 1\n")
+        tar.add(tmp_path / "a.py", arcname="pkg/a.py")
+    with tarfile.open(good) as tar:
+        assert [m.name for m in checked_members(tar, dest)] == ["pkg/a.py"]
 
 
 def test_failing_script_writes_reason_first(tmp_path):
