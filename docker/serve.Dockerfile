@@ -22,17 +22,6 @@ RUN --mount=type=bind,source=docker/runtime,target=/tmp/runtime \
 # ---- the serving image
 FROM runtime
 ARG FLAVOR=gpu
-ARG VERSION=dev
-ARG GIT_SHA=unknown
-LABEL org.opencontainers.image.title="pytorch-byoc-serve" \
-      org.opencontainers.image.description="PyTorch serving image for Amazon SageMaker endpoints and batch transform (TorchServe)" \
-      org.opencontainers.image.source="https://github.com/pytorch-byoc/pytorch-byoc" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${GIT_SHA}" \
-      io.pytorch-byoc.flavor="${FLAVOR}" \
-      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
-      com.amazonaws.sagemaker.capabilities.multi-models=false
 RUN --mount=type=bind,source=docker/serve,target=/tmp/serve \
     --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
     --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
@@ -51,3 +40,17 @@ WORKDIR /home/model-server
 EXPOSE 8080
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["serve"]
+
+# Last: the version and git sha change with every commit, and a build argument
+# invalidates every step after it; here they only touch the metadata.
+ARG VERSION=dev
+ARG GIT_SHA=unknown
+LABEL org.opencontainers.image.title="pytorch-byoc-serve" \
+      org.opencontainers.image.description="PyTorch serving image for Amazon SageMaker endpoints and batch transform (TorchServe)" \
+      org.opencontainers.image.source="https://github.com/pytorch-byoc/pytorch-byoc" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${GIT_SHA}" \
+      io.pytorch-byoc.flavor="${FLAVOR}" \
+      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
+      com.amazonaws.sagemaker.capabilities.multi-models=false

@@ -33,15 +33,6 @@ RUN --mount=type=bind,source=docker/train,target=/tmp/train \
 # ---- the training image
 FROM runtime
 ARG FLAVOR=gpu
-ARG VERSION=dev
-ARG GIT_SHA=unknown
-LABEL org.opencontainers.image.title="pytorch-byoc-train" \
-      org.opencontainers.image.description="PyTorch training image for Amazon SageMaker: script mode, built-in image classifier, torchrun/MPI/Horovod" \
-      org.opencontainers.image.source="https://github.com/pytorch-byoc/pytorch-byoc" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${GIT_SHA}" \
-      io.pytorch-byoc.flavor="${FLAVOR}"
 RUN --mount=type=bind,source=docker/train,target=/tmp/train \
     --mount=type=bind,from=devel,source=/wheels,target=/tmp/wheels \
     --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
@@ -61,3 +52,15 @@ WORKDIR /opt/ml/code
 # tini reaps zombies; `train` itself relays SIGTERM to its ranks.
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["train"]
+
+# Last: the version and git sha change with every commit, and a build argument
+# invalidates every step after it; here they only touch the metadata.
+ARG VERSION=dev
+ARG GIT_SHA=unknown
+LABEL org.opencontainers.image.title="pytorch-byoc-train" \
+      org.opencontainers.image.description="PyTorch training image for Amazon SageMaker: script mode, built-in image classifier, torchrun/MPI/Horovod" \
+      org.opencontainers.image.source="https://github.com/pytorch-byoc/pytorch-byoc" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${GIT_SHA}" \
+      io.pytorch-byoc.flavor="${FLAVOR}"
