@@ -3,6 +3,7 @@ network, each with its own /opt/ml and resourceconfig.json."""
 import json
 import subprocess
 import textwrap
+import time
 import uuid
 
 import pytest
@@ -17,11 +18,27 @@ if hvd.rank() == 0:
 """
 
 
+DDP_SCRIPT = """
+import os, socket, sys, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+if os.environ.get("FAIL_RANK") == str(rank):
+    raise RuntimeError(f"rank {rank} cannot go on: bad shard")
+total = torch.tensor([float(rank + 1)])
+dist.all_reduce(total)
+print(f"rank {rank} of {world} on {socket.gethostname()} sum {int(total.item())}", flush=True)
+if rank == 0:
+    open(os.path.join(os.environ["SM_MODEL_DIR"], "result.txt"), "w").write(str(int(total.item())))
+dist.destroy_process_group()
+"""
+
+
 def job_tree(root, host, hyperparameters):
     config = root / "input" / "config"
     config.mkdir(parents=True)
     (root / "code").mkdir()
     (root / "code" / "hvd.py").write_text(textwrap.dedent(HOROVOD_SCRIPT))
+    (root / "code" / "ddp.py").write_text(textwrap.dedent(DDP_SCRIPT))
     (config / "resourceconfig.json").write_text(json.dumps(
         {"current_host": host, "hosts": ["algo-1", "algo-2"], "network_interface_name": "eth0"}))
     (config / "hyperparameters.json").write_text(json.dumps({k: json.dumps(v) for k, v in hyperparameters.items()}))
@@ -39,26 +56,58 @@ def network(docker):
     subprocess.run([docker, "network", "rm", name], capture_output=True)
 
 
+def run_two_hosts(docker, image, net, containers, tmp_path, hyperparameters, env=None, timeout=300):
+    """Start algo-2 then algo-1 (SageMaker starts them in no set order); wait for both.
+    Returns ({host: exit code}, {host: logs}, seconds until the last one exited)."""
+    started = time.monotonic()
+    for host in ("algo-2", "algo-1"):
+        root = job_tree(tmp_path / host, host, hyperparameters)
+        name = f"{net}-{host}"
+        extra = [arg for k, v in (env or {}).items() for arg in ("-e", f"{k}={v}")]
+        subprocess.run([docker, "run", "-d", "--name", name, "--hostname", host, "--network", net,
+                        "--network-alias", host, "-v", f"{root}:/opt/ml", *extra, image, "train"],
+                       check=True, capture_output=True)
+        containers.append(name)
+    codes, logs = {}, {}
+    for host in ("algo-1", "algo-2"):
+        name = f"{net}-{host}"
+        codes[host] = subprocess.run([docker, "wait", name], capture_output=True, text=True,
+                                     timeout=timeout).stdout.strip()
+    elapsed = time.monotonic() - started
+    for host in ("algo-1", "algo-2"):
+        out = subprocess.run([docker, "logs", f"{net}-{host}"], capture_output=True, text=True)
+        logs[host] = out.stdout + out.stderr
+    return codes, logs, elapsed
+
+
 def test_horovod_over_mpi_across_two_hosts(docker, train_image, network, tmp_path):
     net, containers = network
     hps = {"sagemaker_program": "hvd.py", "sagemaker_mpi_enabled": True,
            "sagemaker_mpi_num_of_processes_per_host": 1}
-    for host in ("algo-2", "algo-1"):
-        root = job_tree(tmp_path / host, host, hps)
-        name = f"{net}-{host}"
-        subprocess.run([docker, "run", "-d", "--name", name, "--hostname", host, "--network", net,
-                        "--network-alias", host, "-v", f"{root}:/opt/ml", train_image, "train"],
-                       check=True, capture_output=True)
-        containers.append(name)
+    codes, logs, _ = run_two_hosts(docker, train_image, net, containers, tmp_path, hps)
     # SageMaker waits for every host's container: both must exit, and exit 0
-    codes = {}
-    for name in containers:
-        waited = subprocess.run([docker, "wait", name], capture_output=True, text=True, timeout=300)
-        codes[name] = waited.stdout.strip()
-    logs = {name: subprocess.run([docker, "logs", name], capture_output=True, text=True) for name in containers}
-    leader = logs[f"{net}-algo-1"]
-    assert set(codes.values()) == {"0"}, {n: (codes[n], logs[n].stdout[-1500:] + logs[n].stderr[-1500:]) for n in containers}
-    output = leader.stdout + leader.stderr
-    assert "rank 0 of 2 on algo-1 sum 3" in output and "rank 1 of 2 on algo-2 sum 3" in output
+    assert set(codes.values()) == {"0"}, {h: (codes[h], logs[h][-3000:]) for h in codes}
+    assert "rank 0 of 2 on algo-1 sum 3" in logs["algo-1"] and "rank 1 of 2 on algo-2 sum 3" in logs["algo-1"]
     assert (tmp_path / "algo-1" / "model" / "result.txt").read_text() == "3"
     assert (tmp_path / "algo-1" / "output" / "success").exists()
+
+
+def test_ddp_over_gloo_with_torchrun_across_two_hosts(docker, train_image, network, tmp_path):
+    net, containers = network
+    hps = {"sagemaker_program": "ddp.py", "sagemaker_torch_distributed_enabled": True}
+    codes, logs, _ = run_two_hosts(docker, train_image, net, containers, tmp_path, hps)
+    assert set(codes.values()) == {"0"}, {h: (codes[h], logs[h][-3000:]) for h in codes}
+    assert "rank 0 of 2 on algo-1 sum 3" in logs["algo-1"]
+    assert "rank 1 of 2 on algo-2 sum 3" in logs["algo-2"]
+    assert (tmp_path / "algo-1" / "model" / "result.txt").read_text() == "3"
+
+
+def test_one_failing_rank_ends_the_whole_job_with_its_reason(docker, train_image, network, tmp_path):
+    net, containers = network
+    hps = {"sagemaker_program": "ddp.py", "sagemaker_torch_distributed_enabled": True}
+    codes, logs, elapsed = run_two_hosts(docker, train_image, net, containers, tmp_path, hps,
+                                         env={"FAIL_RANK": "1"}, timeout=120)
+    assert codes["algo-1"] != "0" and codes["algo-2"] != "0", codes
+    assert elapsed < 60, f"the job took {elapsed:.0f} s to end after a rank failed"
+    failure = (tmp_path / "algo-2" / "output" / "failure").read_text()
+    assert "rank" in failure.splitlines()[0] and "bad shard" in failure
