@@ -10,7 +10,6 @@ import argparse
 import glob
 import http.client
 import os
-import statistics
 import threading
 import time
 import urllib.parse
