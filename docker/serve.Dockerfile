@@ -19,6 +19,14 @@ RUN --mount=type=bind,source=docker/runtime,target=/tmp/runtime \
     --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
     bash /tmp/runtime/install.sh
 
+# ---- plugins: our TorchServe endpoints (/ping once the model is loaded,
+# /execution-parameters), compiled with a JDK that stays in this stage.
+FROM runtime AS plugins
+RUN --mount=type=bind,source=docker/serve/plugins,target=/tmp/plugins \
+    --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
+    --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
+    bash /tmp/plugins/build.sh /plugins
+
 # ---- the serving image
 FROM runtime
 ARG FLAVOR=gpu
@@ -26,6 +34,7 @@ RUN --mount=type=bind,source=docker/serve,target=/tmp/serve \
     --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
     --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
     bash /tmp/serve/install.sh
+COPY --from=plugins /plugins /opt/byoc/ts-plugins
 COPY pyproject.toml /tmp/src/
 COPY train /tmp/src/train
 COPY serve /tmp/src/serve

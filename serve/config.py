@@ -26,6 +26,7 @@ OMP_NUM_THREADS                 torch threads per worker (default: cpus // worke
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -169,6 +170,7 @@ class ServeConfig:
     program: str = "inference.py"
     gpus: int = 0
     cpus: int = 1
+    plugins_dir: str | None = None  # our TorchServe endpoint plugins (/ping, /execution-parameters)
 
     @classmethod
     def from_env(
@@ -218,6 +220,7 @@ class ServeConfig:
             program=_program(env),
             gpus=gpus,
             cpus=cpus,
+            plugins_dir=_plugins_dir(env),
         )
 
     # ------------------------------------------------------------ rendering
@@ -267,6 +270,9 @@ class ServeConfig:
             # Its periodic psutil subprocess costs CPU and nothing reads it.
             "disable_system_metrics": "true",
             "vmargs": f"-Xmx{self.jvm_heap_mb}m -XX:+UseContainerSupport -XX:+ExitOnOutOfMemoryError",
+            # The serving image's plugins replace /ping (healthy only once the
+            # model is loaded) and add /execution-parameters.
+            **({"plugins_path": self.plugins_dir} if self.plugins_dir else {}),
         }
 
     def render(self, model_store: str) -> str:
@@ -284,6 +290,12 @@ class ServeConfig:
             "BYOC_MAX_PAYLOAD_BYTES": str(self.max_payload_mb * MB),
         }
         return env
+
+
+def _plugins_dir(env: Mapping[str, str]) -> str | None:
+    """BYOC_TS_PLUGINS_DIR, else the serving image's /opt/byoc/ts-plugins, if it holds jars."""
+    path = env.get("BYOC_TS_PLUGINS_DIR", "").strip() or "/opt/byoc/ts-plugins"
+    return path if glob.glob(os.path.join(path, "*.jar")) else None
 
 
 def _program(env: Mapping[str, str]) -> str:
