@@ -11,7 +11,7 @@ import signal
 import sys
 import tempfile
 
-from serve import logconfig, modelstore
+from serve import logconfig, modelstore, requirements
 from serve.config import ConfigError, ServeConfig
 from serve.server import Server
 
@@ -19,9 +19,12 @@ logger = logging.getLogger("serve")
 
 
 def prepare(cfg: ServeConfig) -> Server:
-    """Work dir, model store (links, no copy), config.properties, log4j2.xml."""
+    """Work dir, code/requirements.txt (if allowed), model store (links, no copy), config.properties, log4j2.xml."""
     workdir = cfg.workdir or tempfile.mkdtemp(prefix="byoc-serve-")
     os.makedirs(workdir, exist_ok=True)
+    site = requirements.install(cfg.model_dir, workdir)
+    if site:  # the workers inherit our environment (Server.env)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p)
     store = os.path.join(workdir, "model-store")
     os.makedirs(store, exist_ok=True)
     modelstore.build(cfg.model_dir, store)
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("configuration: %s", cfg)
     try:
         return run(cfg)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, requirements.RequirementsError) as exc:
         logger.error("%s", exc)
         return 1
 

@@ -83,3 +83,14 @@ def test_execution_parameters_follow_the_settings(slow_server):
         time.sleep(0.5)
     assert status == 200
     assert json.loads(body) == {"MaxConcurrentTransforms": 2, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 20}
+
+
+def test_requirements_without_permission_stop_the_container_with_the_reason(docker, serve_image, tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "inference.py").write_text(textwrap.dedent(SLOW_MODEL))
+    (tmp_path / "code" / "requirements.txt").write_text("einops==0.8.1\n")
+    tmp_path.chmod(0o755)
+    out = subprocess.run([docker, "run", "--rm", "-v", f"{tmp_path}:/opt/ml/model:ro", serve_image],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "BYOC_INSTALL_REQUIREMENTS=true" in out.stdout + out.stderr
