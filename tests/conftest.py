@@ -12,6 +12,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session")
+def free_port():
+    """A function giving a free TCP port on 127.0.0.1."""
+    return _free_port
+
+
 @pytest.fixture
 def local_server():
     """start(argv_for_port, what) runs a server on a free 127.0.0.1 port, waits until it

@@ -1,12 +1,5 @@
 """Helpers for the container tests (imported by them; fixtures live in conftest.py)."""
-import socket
 import subprocess
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_in(docker, image, *cmd, user=None, entrypoint=None, env=None, timeout=300):

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from containers import free_port
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def demo(docker, train_image, serve_image, tmp_path_factory):
+def demo(docker, train_image, serve_image, tmp_path_factory, free_port):
     out = tmp_path_factory.mktemp("demo")
     env = dict(os.environ, DOCKER=docker, BYOC_TRAIN_IMAGE=train_image, BYOC_SERVE_IMAGE=serve_image,
                BYOC_DEMO_DIR=str(out), BYOC_DEMO_PORT=str(free_port()))
@@ -42,7 +40,7 @@ def test_demo_trains_serves_and_predicts_the_photos(demo):
 
 
 @pytest.fixture(scope="module")
-def server(docker, serve_image, demo):
+def server(docker, serve_image, demo, free_port):
     _, out = demo
     port = free_port()
     name = f"byoc-test-serve-{port}"

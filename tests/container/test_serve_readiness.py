@@ -9,8 +9,6 @@ import urllib.request
 
 import pytest
 
-from containers import free_port
-
 SLOW_MODEL = """
 import json, time, torch
 
@@ -41,7 +39,7 @@ def status_of(url, data=None, headers=None):
 
 
 @pytest.fixture
-def slow_server(docker, serve_image, tmp_path):
+def slow_server(docker, serve_image, tmp_path, free_port):
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "inference.py").write_text(textwrap.dedent(SLOW_MODEL))
     tmp_path.chmod(0o755)

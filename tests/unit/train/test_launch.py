@@ -2,7 +2,6 @@
 
 import dataclasses
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -206,13 +205,7 @@ def test_stderr_tee_tail_is_bounded():
 # -- MPI leader and worker meet over TCP --------------------------------------------------------------
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def test_mpi_worker_exits_when_leader_releases_it(tmp_path):
+def test_mpi_worker_exits_when_leader_releases_it(tmp_path, free_port):
     port = free_port()
     leader_saw = {}
 
@@ -235,12 +228,12 @@ def test_mpi_worker_exits_when_leader_releases_it(tmp_path):
     assert leader_saw["workers"] == 1
 
 
-def test_mpi_leader_gives_up_when_workers_do_not_come():
+def test_mpi_leader_gives_up_when_workers_do_not_come(free_port):
     with pytest.raises(TimeoutError, match="0 of 1 MPI worker hosts"):
         launch.wait_for_mpi_workers(free_port(), workers=1, wait_s=0.2)
 
 
-def test_mpi_worker_gives_up_when_leader_never_comes():
+def test_mpi_worker_gives_up_when_leader_never_comes(free_port):
     with pytest.raises(TimeoutError, match="not reachable"):
         launch.connect_with_retry("127.0.0.1", free_port(), wait_s=0.5)
 
