@@ -232,7 +232,7 @@ ensure_venv() {
   fi
   # The stamp skips pip when requirements did not change since the last run.
   local stamp="$VENV/.byoc-requirements.sha"
-  local want; want=$(cat "$ROOT/requirements-dev.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
+  local want; want=$(cat "$ROOT"/requirements-dev*.txt "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$VENV/bin/pip" install -q -r "$ROOT/requirements-dev.txt"
     "$VENV/bin/pip" install -q --no-deps -r "$ROOT/requirements-dev-nodeps.txt"
