@@ -54,18 +54,33 @@ def build_model(spec: dict) -> nn.Module:
 
     Uses ``arch``, ``library`` (default torchvision), ``num_classes`` and ``input_size``
     (``[C, H, W]``; ViT-style archs need it for their position embeddings).
+    A multi-head model (``heads`` set) is one network whose output is the heads' logits
+    side by side, in ``heads`` order: ``split_heads`` cuts them apart. One linear layer
+    instead of a module per head keeps the network any torchvision/timm classifier and
+    its state_dict loadable by name.
     """
     arch = spec["arch"]
     library = spec.get("library") or "torchvision"
-    if spec.get("heads"):
-        raise NotImplementedError("multi-head models (model.json 'heads') are not supported yet")
-    num_classes = int(spec["num_classes"])
+    num_classes = sum(head_sizes(spec)) if spec.get("heads") else int(spec["num_classes"])
     channels, height, width = (spec.get("input_size") or [3, 224, 224])
     if library == "torchvision":
         return _torchvision_model(arch, num_classes, (height, width), channels)
     if library == "timm":
         return _timm_model(arch, num_classes, (height, width), channels)
     raise ValueError(f"unknown model library {library!r}; expected one of {LIBRARIES}")
+
+
+def head_sizes(spec: dict) -> list[int]:
+    """Classes per head, in output order (one entry for a single-head model)."""
+    heads = spec.get("heads")
+    if not heads:
+        return [int(spec["num_classes"])]
+    return [int(h.get("num_classes") or len(h["classes"])) for h in heads]
+
+
+def split_heads(logits: torch.Tensor, spec: dict) -> list[torch.Tensor]:
+    """The network's N x sum(classes) output cut into one N x classes tensor per head."""
+    return list(torch.split(logits, head_sizes(spec), dim=1))
 
 
 def _torchvision_model(arch: str, num_classes: int, size: tuple, channels: int) -> nn.Module:
