@@ -9,7 +9,12 @@ TorchServe 0.12 facts this works around:
   signals nor reports the status of: we signal java ourselves;
 - on SIGTERM java closes its listeners, then gives open connections a 2 s quiet
   period: a request still in a worker after that is dropped. So we first wait
-  (up to the grace period) until no request is queued or being handled.
+  until no request is queued or being handled, with /ping answering 503
+  ("Draining", our Ping plugin reads the marker file) so that load balancers
+  and clients stop sending;
+- TorchServe keeps accepting requests while we drain: under load that never
+  stops, the drain ends at the grace period less the time java needs to stop,
+  so that the container is gone within BYOC_SERVE_GRACE_PERIOD in all.
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ import psutil
 from serve.config import MODEL_NAME, ServeConfig
 
 logger = logging.getLogger(__name__)
+
+JAVA_STOP_S = 4.0  # seconds kept back from the grace period for java to stop
 
 
 class Server:
@@ -149,10 +156,12 @@ class Server:
 
     def drain(self, deadline: float) -> None:
         """Wait until no request is queued or in a worker, twice in a row."""
-        quiet = 0
+        quiet, start = 0, time.monotonic()
+        logger.info("draining: waiting for queued and running requests (up to %.0f s)", deadline - start)
         while time.monotonic() < deadline and self.proc.poll() is None:
             quiet = quiet + 1 if (not self.busy() and self.pending() == 0) else 0
             if quiet >= 2:
+                logger.info("drained: no request queued or running after %.1f s", time.monotonic() - start)
                 return
             time.sleep(0.1)
         logger.warning("drain: requests still in flight at the end of the grace period")
@@ -162,7 +171,9 @@ class Server:
             return
         deadline = time.monotonic() + self.cfg.grace_period_s
         if drain:
-            self.drain(deadline)
+            self.mark_draining()
+            # java needs ~2 s (its quiet period) to stop after the drain
+            self.drain(deadline - min(JAVA_STOP_S, self.cfg.grace_period_s / 2))
         java = self.java()
         logger.info("stopping TorchServe")
         try:
@@ -170,10 +181,18 @@ class Server:
         except (psutil.Error, ProcessLookupError):
             pass
         try:
-            self.proc.wait(timeout=max(1.0, deadline - time.monotonic() + 5))
+            self.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             logger.warning("TorchServe did not stop in time: killing it")
         self.kill_group()
+
+    def mark_draining(self) -> None:
+        """/ping answers 503 from now on (docker/serve/plugins Ping.java)."""
+        try:
+            with open(os.path.join(self.status_dir, "draining"), "w"):
+                pass
+        except OSError as exc:
+            logger.warning("could not mark the server as draining: %s", exc)
 
     def kill_group(self) -> None:
         """Whatever is left of TorchServe's session (java, workers) goes."""

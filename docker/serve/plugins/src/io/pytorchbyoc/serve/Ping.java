@@ -2,6 +2,8 @@ package io.pytorchbyoc.serve;
 
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Paths;
 import java.util.Map;
 import org.pytorch.serve.servingsdk.Context;
 import org.pytorch.serve.servingsdk.Model;
@@ -18,6 +20,9 @@ import org.pytorch.serve.servingsdk.http.Response;
  * <p>TorchServe's own /ping answers 200 as soon as the frontend is up, while
  * workers are still loading (or crash-looping): SageMaker would send traffic
  * too early. A plugin endpoint named "ping" is looked up before the built-in one.
+ * After SIGTERM `serve` writes a "draining" marker in BYOC_SERVE_STATUS_DIR and
+ * /ping answers 503 so that traffic goes elsewhere while in-flight requests finish.
+ * Other methods get 405 (the SDK's defaults answer 500).
  */
 @Endpoint(
         urlPattern = "ping",
@@ -43,12 +48,46 @@ public class Ping extends ModelServerEndpoint {
         return true;
     }
 
+    static boolean draining() {
+        String dir = System.getenv("BYOC_SERVE_STATUS_DIR");
+        return dir != null && Files.exists(Paths.get(dir, "draining"));
+    }
+
+    static void answer(Response rsp, int status, String reason, String body) throws IOException {
+        rsp.setContentType("application/json");
+        rsp.setStatus(status, reason);
+        rsp.getOutputStream().write(body.getBytes(StandardCharsets.UTF_8));
+    }
+
     @Override
     public void doGet(Request req, Response rsp, Context ctx) throws IOException {
-        boolean ok = ready(ctx);
-        rsp.setContentType("application/json");
-        rsp.setStatus(ok ? 200 : 503, ok ? "OK" : "Service Unavailable");
-        String body = ok ? "{\"status\": \"Healthy\"}\n" : "{\"status\": \"Loading\", \"code\": 503}\n";
-        rsp.getOutputStream().write(body.getBytes(StandardCharsets.UTF_8));
+        if (draining()) {
+            answer(rsp, 503, "Service Unavailable", "{\"status\": \"Draining\", \"code\": 503}\n");
+        } else if (ready(ctx)) {
+            answer(rsp, 200, "OK", "{\"status\": \"Healthy\"}\n");
+        } else {
+            answer(rsp, 503, "Service Unavailable", "{\"status\": \"Loading\", \"code\": 503}\n");
+        }
+    }
+
+    static void notAllowed(Response rsp) throws IOException {
+        rsp.setHeader("Allow", "GET");
+        answer(rsp, 405, "Method Not Allowed",
+                "{\"code\": 405, \"type\": \"MethodNotAllowed\", \"message\": \"/ping takes GET\"}\n");
+    }
+
+    @Override
+    public void doPost(Request req, Response rsp, Context ctx) throws IOException {
+        notAllowed(rsp);
+    }
+
+    @Override
+    public void doPut(Request req, Response rsp, Context ctx) throws IOException {
+        notAllowed(rsp);
+    }
+
+    @Override
+    public void doDelete(Request req, Response rsp, Context ctx) throws IOException {
+        notAllowed(rsp);
     }
 }
