@@ -102,6 +102,54 @@ def fraction(text: str) -> float:
     return value
 
 
+def name_list(text: str) -> tuple:
+    """Comma-separated column names, none empty: ``grapheme_root,vowel_diacritic``."""
+    names = tuple(n.strip() for n in str(text).split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a name is repeated in {text!r}")
+    return names
+
+
+def weight_list(text: str) -> tuple | None:
+    """``auto`` (None) or comma-separated weights > 0: ``2,1,1``."""
+    text = str(text).strip()
+    if text.lower() in ("auto", ""):
+        return None
+    try:
+        values = tuple(float(v) for v in (json.loads(text) if text.startswith("[") else text.split(",")))
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(v > 0 for v in values):  # also rejects nan
+        raise argparse.ArgumentTypeError(f"weights must be > 0, got {text!r}")
+    return values
+
+
+def pixel_shape(text: str) -> tuple | None:
+    """``auto`` (None: square) or HEIGHT,WIDTH (also HEIGHTxWIDTH): ``137,236``."""
+    text = str(text).strip().lower()
+    if text in ("auto", ""):
+        return None
+    try:
+        h, w = (int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected positive HEIGHT,WIDTH, got {text!r}")
+    return h, w
+
+
+def optional_name(text: str) -> str | None:
+    text = str(text).strip()
+    return None if text.lower() in ("auto", "") else text
+
+
+def default_head_weights(heads: int) -> tuple:
+    """Bengali.AI's 2:1:1 for three heads (grapheme root counts double), else equal."""
+    return (2.0, 1.0, 1.0) if heads == 3 else (1.0,) * heads
+
+
 def triple(text: str) -> tuple:
     """Three floats: JSON ``[0.5, 0.5, 0.5]`` or ``0.5,0.5,0.5``."""
     text = str(text).strip()
@@ -147,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         groups[-1].add_argument(*flags, **kw)
 
     groups.append(p.add_argument_group("data"))
-    add("data-format", default="auto", choices=["auto", "imagefolder", "cifar", "mnist"],
+    add("data-format", default="auto", choices=["auto", "imagefolder", "cifar", "mnist", "parquet"],
         help="on-disk format of the train channel; auto detects it from the files")
     add("train-channel", default="train", help="channel holding the training data")
     add("val-channel", default="auto",
@@ -156,6 +204,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("val-fraction", type=fraction, default=0.1,
         help="fraction held out (stratified, seeded by --seed) when there is no validation data")
     add("image-size", type=positive_int, default=224, help="side of the square network input")
+
+    groups.append(p.add_argument_group("parquet data (Bengali.AI / Hugging Face datasets style)"))
+    add("label-columns", type=name_list, default="label",
+        help="parquet or CSV column(s) holding the labels; more than one trains a multi-head model "
+             "(one output head per column), e.g. grapheme_root,vowel_diacritic,consonant_diacritic")
+    add("head-weights", type=weight_list, default="auto",
+        help="per-head weights of the loss and of val_weighted_recall, one per label column; "
+             "auto: 2,1,1 for three heads (Bengali.AI), else equal")
+    add("image-column", type=optional_name, default="auto",
+        help="column of encoded image bytes (binary, or a Hugging Face {bytes, path} struct); "
+             "auto: the only such column, else flattened pixel columns named 0..N-1")
+    add("pixel-shape", type=pixel_shape, default="auto",
+        help="HEIGHT,WIDTH of flattened uint8 pixel columns (Bengali.AI: 137,236); auto: square")
+    add("id-column", default="image_id",
+        help="column joining the parquet rows to a labels CSV in the channel, used when the label "
+             "columns are not in the parquet")
+    add("labels-csv", type=optional_name, default="auto",
+        help="name of the labels CSV in the channel; auto: the only .csv there")
+
+    groups.append(p.add_argument_group("transforms and loading"))
     add("min-crop-scale", type=fraction, default=0.25,
         help="RandomResizedCrop lower area bound (torchvision's ImageNet recipe uses 0.08)")
     add("hflip", type=boolean, default=True, help="random horizontal flips (turn off for digits/text)")
@@ -179,16 +247,25 @@ def build_parser() -> argparse.ArgumentParser:
     groups.append(p.add_argument_group("optimisation"))
     add("epochs", type=positive_int, default=10, help="passes over the training data")
     add("batch-size", type=positive_int, default=64, help="images per step per process")
-    add("optimizer", default="sgd", choices=["sgd", "adamw"], help="optimizer")
+    add("optimizer", default="sgd", choices=["sgd", "adamw", "lamb"],
+        help="optimizer: sgd (torch's fused/foreach SGD), adamw (apex FusedAdam when apex is installed "
+             "and on a GPU, else torch's fused/foreach AdamW), lamb (apex FusedLAMB on a GPU, else "
+             "timm's Lamb); the log says which was chosen and why")
     add("lr", type=auto_or(float), default="auto",
-        help="peak learning rate; auto: sgd 0.1 x global batch/256, adamw 1e-3")
+        help="peak learning rate; auto: sgd 0.1 x global batch/256, adamw/lamb 1e-3")
     add("momentum", type=non_negative_float, default=0.9, help="SGD momentum (Nesterov)")
     add("weight-decay", type=auto_or(non_negative_float), default="auto",
-        help="weight decay (not on norms and biases); auto: sgd 1e-4, adamw 0.05")
+        help="weight decay (not on norms and biases); auto: sgd 1e-4, adamw/lamb 0.05")
     add("lr-schedule", default="cosine", choices=["cosine", "onecycle", "constant"],
         help="per-step schedule; cosine decays to 0 after --warmup-epochs of linear warm-up")
     add("warmup-epochs", type=non_negative_float, default=0.0, help="linear warm-up (cosine/constant)")
-    add("label-smoothing", type=fraction, default=0.0, help="cross-entropy label smoothing")
+    add("label-smoothing", type=fraction, default=0.0, help="cross-entropy label smoothing (every head)")
+    add("cutmix-alpha", type=non_negative_float, default=0.0,
+        help="CutMix with lambda ~ Beta(a, a) on every training batch (0: off); multi-head: one box for "
+             "all heads")
+    add("mixup-alpha", type=non_negative_float, default=0.0,
+        help="MixUp with lambda ~ Beta(a, a) (0: off); with --cutmix-alpha too, each batch gets one "
+             "of the two at random")
     add("grad-clip", type=non_negative_float, default=0.0, help="clip gradient norm (0: off)")
     add("amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
         help="mixed precision; auto: bf16 on a GPU that supports it, none on CPU; fp16 is GPU only "
@@ -220,8 +297,34 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--std values must be > 0")
     if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
+    heads = len(args.label_columns)
+    if args.head_weights is None:
+        args.head_weights = default_head_weights(heads)
+    elif len(args.head_weights) != heads:
+        parser.error(f"--head-weights has {len(args.head_weights)} values for {heads} label column(s) "
+                     f"{','.join(args.label_columns)}")
+    if args.id_column in args.label_columns:
+        parser.error(f"--id-column {args.id_column} is also a label column")
     return args
 
 
 class UsageError(Exception):
     """Bad input found after parsing (missing channel, unknown arch, unreadable data): exit 2."""
+
+
+def help_markdown() -> str:
+    """The hyperparameters as Markdown tables by topic, from the parser itself, so
+    docs/hyperparameters.md cannot drift from ``--help`` (a unit test compares them)."""
+    parser = build_parser()
+    out = []
+    for group in parser._action_groups[2:]:  # argparse's own positional/options groups first
+        out += [f"### {group.title}", "", "| hyperparameter | default | what it does |", "|---|---|---|"]
+        for action in group._group_actions:
+            default = action.default
+            if isinstance(default, tuple):
+                default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+            choices = f" ({', '.join(action.choices)})" if action.choices else ""
+            text = " ".join(action.help.split()).replace("|", "\\|")
+            out.append(f"| `{action.dest.replace('_', '-')}` | `{default}` | {text}{choices} |")
+        out.append("")
+    return "\n".join(out)

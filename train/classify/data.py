@@ -1,4 +1,4 @@
-"""Training data: read a channel (ImageFolder, CIFAR pickles, MNIST idx), split, augment, batch.
+"""Training data: read a channel (ImageFolder, CIFAR pickles, MNIST idx, Parquet), split, augment, batch.
 
 Design choices, and why:
 
@@ -10,11 +10,14 @@ Design choices, and why:
   a pure function of the seed; a resumed run skips the batches it already did (no data is
   loaded for them) and sees exactly what the uninterrupted run saw.
 - Every image becomes 3-channel (grayscale is repeated): torchvision and timm nets take RGB.
+- Multi-head data (Parquet with several label columns) has targets ``[N, heads]``; one label
+  column, or any other format, gives targets ``[N]``.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 import pickle
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from . import parquet
 from .config import UsageError
 
 log = logging.getLogger(__name__)
@@ -40,12 +44,15 @@ SPLIT_NAMES = {"train", "val", "validation", "test"}
 
 @dataclass
 class Samples:
-    """Undecoded images (file paths, or a uint8 NHWC/NHW array) with integer targets."""
+    """Undecoded images (file paths, encoded bytes, or a uint8 NHWC/NHW array) with integer
+    targets: ``[N]``, or ``[N, heads]`` for multi-head data (then ``heads`` holds each head's
+    ``(name, classes)`` and ``classes`` is empty)."""
 
     images: list | np.ndarray
     targets: np.ndarray
     classes: list[str]
     origin: str = ""
+    heads: list[tuple[str, list[str]]] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -58,12 +65,13 @@ class Samples:
             return t.expand(3, -1, -1) if t.shape[0] == 1 else t
         from PIL import Image
 
-        with Image.open(self.images[i]) as img:
+        item = self.images[i]
+        with Image.open(io.BytesIO(item) if isinstance(item, bytes) else item) as img:
             return img.convert("RGB")
 
     def subset(self, indices: np.ndarray) -> "Samples":
         images = self.images[indices] if isinstance(self.images, np.ndarray) else [self.images[i] for i in indices]
-        return Samples(images, self.targets[indices], self.classes, self.origin)
+        return Samples(images, self.targets[indices], self.classes, self.origin, self.heads)
 
 
 @dataclass
@@ -73,6 +81,7 @@ class DataBundle:
     classes: list[str]
     format: str
     notes: list[str] = field(default_factory=list)
+    heads: list[tuple[str, list[str]]] | None = None  # multi-head: (name, classes) per head
 
 
 # ----------------------------------------------------------------------------- formats
@@ -91,14 +100,16 @@ def _files(root: Path, max_depth: int = 3):
 
 def detect_format(root: Path) -> str:
     names = [p.name for p in _files(root)]
+    if any(n.lower().endswith(parquet.PARQUET_SUFFIXES) for n in names):
+        return "parquet"
     if any("idx3-ubyte" in n for n in names):
         return "mnist"
     if any(n.startswith("data_batch_") for n in names) or ("train" in names and "meta" in names):
         return "cifar"
     if any(n.lower().endswith(IMAGE_EXTENSIONS) for n in names):
         return "imagefolder"
-    raise UsageError(f"cannot tell the data format of {root}: no image files, CIFAR batches or "
-                     "MNIST idx files found (set --data-format, or check the channel)")
+    raise UsageError(f"cannot tell the data format of {root}: no image files, CIFAR batches, "
+                     "MNIST idx or parquet files found (set --data-format, or check the channel)")
 
 
 # -- ImageFolder
@@ -229,11 +240,30 @@ def read_mnist(root: Path) -> tuple[Samples, Samples | None]:
     return train, test
 
 
+# -- Parquet
+
+
+def read_parquet(root: Path, opts: parquet.ParquetOptions,
+                 train: Samples | None = None) -> Samples:
+    """A parquet channel as Samples; ``train`` given: encode the labels with its classes."""
+    images, labels, note = parquet.read_parquet(root, opts)
+    known = None
+    if train is not None:
+        known = [c for _, c in train.heads] if train.heads else [train.classes]
+    targets, classes = parquet.encode_labels(labels, known)
+    if len(opts.label_columns) == 1:
+        return Samples(images, targets[:, 0], classes[0], f"{root}: {note}")
+    heads = list(zip(opts.label_columns, classes))
+    return Samples(images, targets, [], f"{root}: {note}", heads)
+
+
 # ----------------------------------------------------------------------------- load + split
 
 
 def stratified_split(targets: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val): ``val_fraction`` of each class, chosen by a seeded shuffle."""
+    """Indices (train, val): ``val_fraction`` of each class, chosen by a seeded shuffle.
+    Multi-head targets are stratified on the first head."""
+    targets = targets[:, 0] if targets.ndim == 2 else targets
     g = np.random.default_rng(seed)
     train_idx, val_idx = [], []
     for c in np.unique(targets):
@@ -246,7 +276,10 @@ def stratified_split(targets: np.ndarray, val_fraction: float, seed: int) -> tup
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
 
 
-def _read(root: Path, fmt: str) -> tuple[Samples, Samples | None]:
+def _read(root: Path, fmt: str, opts: parquet.ParquetOptions | None = None,
+          train: Samples | None = None) -> tuple[Samples, Samples | None]:
+    if fmt == "parquet":
+        return read_parquet(root, opts or parquet.ParquetOptions(), train), None
     if fmt == "cifar":
         return read_cifar(root)
     if fmt == "mnist":
@@ -260,7 +293,7 @@ def _read(root: Path, fmt: str) -> tuple[Samples, Samples | None]:
 
 
 def load_data(channel, train_channel: str, val_channel: str, data_format: str,
-              val_fraction: float, seed: int) -> DataBundle:
+              val_fraction: float, seed: int, parquet_options: parquet.ParquetOptions | None = None) -> DataBundle:
     """Read the training channel (and a validation channel or split) into ``Samples``.
 
     ``channel(name) -> Path``. Raises ``UsageError`` for a missing or unreadable channel.
@@ -269,15 +302,15 @@ def load_data(channel, train_channel: str, val_channel: str, data_format: str,
     if not root.is_dir() or not any(root.iterdir()):
         raise UsageError(f"the '{train_channel}' channel is missing or empty ({root})")
     fmt = detect_format(root) if data_format == "auto" else data_format
-    train, val = _read(root, fmt)
-    notes = [f"format={fmt} train={root}"]
+    train, val = _read(root, fmt, parquet_options)
+    notes = [f"format={fmt} train={train.origin if fmt == 'parquet' else root}"]
 
     val_names = ["val", "validation"] if val_channel == "auto" else [val_channel]
     val_root = next((channel(n) for n in val_names if channel(n).is_dir() and any(channel(n).iterdir())), None)
     if val_channel != "auto" and val_root is None:
         raise UsageError(f"the '{val_channel}' channel is missing or empty ({channel(val_channel)})")
     if val_root is not None:
-        val, _ = _read(val_root, fmt)
+        val, _ = _read(val_root, fmt, parquet_options, train)
         val = _align_classes(val, train.classes) if fmt == "imagefolder" else val
         notes.append(f"validation from channel {val_root.name}")
     elif val is not None:
@@ -288,9 +321,9 @@ def load_data(channel, train_channel: str, val_channel: str, data_format: str,
         notes.append(f"validation: {val_fraction:.0%} of the training data, stratified, seed {seed}")
     else:
         notes.append("no validation data")
-    if val is not None and len(val) and int(val.targets.max()) >= len(train.classes):
+    if val is not None and len(val) and not train.heads and int(val.targets.max()) >= len(train.classes):
         raise UsageError("validation labels exceed the training classes")
-    return DataBundle(train, val, train.classes, fmt, notes)
+    return DataBundle(train, val, train.classes, fmt, notes, train.heads)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -331,7 +364,9 @@ class TransformedDataset(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 x = self.transform(image)
-        return torch.as_tensor(x).contiguous(), int(self.samples.targets[index])
+        target = self.samples.targets[index]
+        target = torch.from_numpy(target.copy()) if target.ndim else int(target)
+        return torch.as_tensor(x).contiguous(), target
 
 
 # ----------------------------------------------------------------------------- batching

@@ -22,9 +22,9 @@ from torch import nn
 from byoc.checkpoint import (INTERRUPTED_EXIT_CODE, Checkpointer, TerminationFlag, capture_rng_state,
                              capture_state, restore_rng_state, restore_state)
 
-from . import data, distributed, export, models
+from . import data, distributed, export, mixing, models, optim, parquet
 from .config import Paths, UsageError
-from .metrics import MetricsWriter, format_line
+from .metrics import MetricsWriter, class_counts, format_line, macro_recall, metric_name, weighted_recall
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +63,53 @@ def choose_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms and biases (1-d tensors), as in torchvision's recipes."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def use_sync_bn(model: nn.Module, wanted: bool, ctx: distributed.Dist) -> tuple[nn.Module, str]:
+    """SyncBatchNorm under DDP on GPUs; torch's SyncBatchNorm has no CPU kernel, so with gloo
+    the model keeps per-rank BatchNorm (said in the log rather than crashing the first step)."""
+    if not wanted:
+        return model, "off"
+    if not ctx.enabled:
+        return model, "off (single process)"
+    if ctx.device.type != "cuda":
+        return model, "off (SyncBatchNorm needs GPUs; per-rank BatchNorm on CPU)"
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model), "on"
 
 
-def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float):
-    """torch's fused kernel when it takes these parameters, else foreach; returns (opt, which)."""
-    groups = param_groups(model, weight_decay)
-    cls = torch.optim.SGD if name == "sgd" else torch.optim.AdamW
-    extra = {"momentum": momentum, "nesterov": momentum > 0} if name == "sgd" else {}
-    for impl in ("fused", "foreach"):
-        try:
-            return cls(groups, lr=lr, **extra, **{impl: True}), f"{cls.__name__}({impl})"
-        except (RuntimeError, ValueError, TypeError):
-            continue
-    return cls(groups, lr=lr, **extra), f"{cls.__name__}(for-loop)"
+class MultiHeadLoss(nn.Module):
+    """Per-head cross-entropy, averaged with the head weights: sum(w_h * CE_h) / sum(w_h).
+
+    Weighted, so the training emphasis follows the reported metric (Bengali.AI's grapheme
+    root counts double); divided by the weight sum, so the loss stays on a single head's
+    scale and the usual learning rates still fit. Targets: int64 ``[N, heads]`` or a list of
+    per-head probability tensors (CutMix/MixUp)."""
+
+    def __init__(self, head_sizes: list[int], weights, label_smoothing: float = 0.0):
+        super().__init__()
+        self.head_sizes = list(head_sizes)
+        self.weights = [float(w) for w in weights]
+        self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def forward(self, logits: torch.Tensor, targets) -> torch.Tensor:
+        parts = torch.split(logits, self.head_sizes, dim=1)
+        if torch.is_tensor(targets):
+            targets = [targets[:, h] for h in range(targets.shape[1])]
+        total = sum(w * self.ce(p, t) for w, p, t in zip(self.weights, parts, targets))
+        return total / sum(self.weights)
+
+
+def hard_targets(targets) -> torch.Tensor:
+    """Class indices from int targets or soft (mixed) ones: ``[N]`` or ``[N, heads]``."""
+    if isinstance(targets, (list, tuple)):
+        return torch.stack([t.argmax(1) for t in targets], dim=1)
+    return targets.argmax(1) if targets.is_floating_point() else targets
+
+
+def correct_count(logits: torch.Tensor, targets: torch.Tensor, head_sizes: list[int]) -> torch.Tensor:
+    """Samples with every head right."""
+    if targets.ndim == 1:
+        return (logits.argmax(1) == targets).sum()
+    preds = torch.stack([p.argmax(1) for p in torch.split(logits, head_sizes, dim=1)], dim=1)
+    return (preds == targets).all(1).sum()
 
 
 class WarmupSchedule:
@@ -120,28 +147,47 @@ class Trainer:
         self.amp_dtype = choose_amp(args.amp, self.device)
         self.channels_last = self.device.type == "cuda" if args.channels_last is None else args.channels_last
 
+        parquet_options = parquet.ParquetOptions(
+            label_columns=tuple(args.label_columns), image_column=args.image_column, id_column=args.id_column,
+            pixel_shape=args.pixel_shape, labels_csv=args.labels_csv)
         self.bundle = data.load_data(paths.channel, args.train_channel, args.val_channel, args.data_format,
-                                     args.val_fraction, args.seed)
+                                     args.val_fraction, args.seed, parquet_options)
+        if len(args.label_columns) > 1 and not self.bundle.heads:
+            raise UsageError(f"--label-columns {','.join(args.label_columns)} (multi-head) needs parquet data; "
+                             f"the train channel is {self.bundle.format}")
         try:
             library = models.resolve_arch(args.arch, args.library)
         except (ValueError, ImportError) as e:
             raise UsageError(str(e)) from None
-        self.spec = export.model_spec(arch=args.arch, library=library, classes=self.bundle.classes,
+        heads = None
+        if self.bundle.heads:
+            heads = [{"name": name, "classes": classes, "weight": w}
+                     for (name, classes), w in zip(self.bundle.heads, args.head_weights)]
+        self.spec = export.model_spec(arch=args.arch, library=library,
+                                      classes=None if heads else self.bundle.classes,
                                       image_size=args.image_size, mean=args.mean, std=args.std,
-                                      eval_crop_ratio=args.eval_crop_ratio)
+                                      eval_crop_ratio=args.eval_crop_ratio, heads=heads)
+        self.head_sizes = models.head_sizes(self.spec)
+        self.multihead = heads is not None
         self._build_data()
         self._build_model()
 
         world_batch = args.batch_size * ctx.world_size
         self.lr = args.lr if args.lr is not None else (0.1 * world_batch / 256 if args.optimizer == "sgd" else 1e-3)
         wd = args.weight_decay if args.weight_decay is not None else (1e-4 if args.optimizer == "sgd" else 0.05)
-        self.optimizer, self.optimizer_impl = make_optimizer(self.model, args.optimizer, self.lr, wd, args.momentum)
+        self.optimizer, self.optimizer_impl = optim.make_optimizer(self.model, args.optimizer, self.lr, wd,
+                                                                   args.momentum, self.device)
         self.steps_per_epoch = self.train_batches.batches_per_epoch()
         self.total_steps = self.steps_per_epoch * args.epochs
         self.scheduler = make_scheduler(self.optimizer, args.lr_schedule, self.lr, self.total_steps,
                                         int(round(args.warmup_epochs * self.steps_per_epoch)))
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+        if self.multihead:
+            self.criterion = MultiHeadLoss(self.head_sizes, args.head_weights, args.label_smoothing)
+        else:  # takes class indices or, after CutMix/MixUp, probabilities
+            self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+        self.mixer = (mixing.BatchMixer(self.head_sizes, args.cutmix_alpha, args.mixup_alpha)
+                      if mixing.BatchMixer.wanted(args.cutmix_alpha, args.mixup_alpha) else None)
         mean = torch.tensor(args.mean, device=self.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(args.std, device=self.device).view(1, 3, 1, 1) * 255
         self.mean, self.std = mean, std
@@ -183,8 +229,7 @@ class Trainer:
             except (FileNotFoundError, ValueError) as e:
                 raise UsageError(str(e)) from None
             self.pretrained_report["file"] = path.name
-        if a.sync_bn and self.ctx.enabled:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model, self.sync_bn = use_sync_bn(model, a.sync_bn, self.ctx)
         model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         self.model = model  # the plain module; self.net is what runs (DDP/compile wrapped)
 
@@ -205,7 +250,8 @@ class Trainer:
 
     def _run_config(self) -> dict:
         a = self.args
-        return {"arch": a.arch, "library": self.spec["library"], "num_classes": self.spec["num_classes"],
+        return {"arch": a.arch, "library": self.spec["library"],
+                "num_classes": self.head_sizes if self.multihead else self.spec["num_classes"],
                 "image_size": a.image_size, "batch_size": a.batch_size, "world_size": self.ctx.world_size,
                 "optimizer": a.optimizer, "lr_schedule": a.lr_schedule, "epochs": a.epochs}
 
@@ -260,9 +306,13 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> None:
         x, y = self._inputs(images), targets.to(self.device, non_blocking=True)
+        target = y
+        if self.mixer is not None:
+            x, target = self.mixer(x, y)
+            y = hard_targets(target)  # train_acc counts against the dominant label
         with self._autocast():
             logits = self.net(x)
-            loss = self.criterion(logits, y)
+            loss = self.criterion(logits, target)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -278,39 +328,64 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         # summed on the device: no host sync per step
-        n = y.numel()
-        self.meters += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
+        n = y.shape[0]
+        self.meters += torch.stack([loss.detach().double() * n, correct_count(logits, y, self.head_sizes).double(),
                                     torch.tensor(float(n), dtype=torch.float64, device=self.device)])
 
     @torch.inference_mode()
-    def evaluate(self) -> tuple[float | None, float | None]:
+    def evaluate(self) -> dict:
+        """val_loss, val_acc and, multi-head, per-head accuracy and macro recall plus the
+        weighted recall; {} without validation data."""
         if self.val_loader is None:
-            return None, None
+            return {}
         self.net.eval()
+        weights = self.args.head_weights if self.multihead else [1.0]
         loss_sum = correct = count = 0.0
+        counts = [torch.zeros(3, n, dtype=torch.float64, device=self.device) for n in self.head_sizes]
         for images, targets in self.val_loader:
             x, y = self._inputs(images), targets.to(self.device, non_blocking=True)
             with self._autocast():
                 logits = self.net(x)
-            loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
-            correct += float((logits.argmax(1) == y).sum())
-            count += y.numel()
+            ys = [y[:, h] for h in range(y.shape[1])] if y.ndim == 2 else [y]
+            parts = torch.split(logits.float(), self.head_sizes, dim=1)
+            loss_sum += float(sum(w * nn.functional.cross_entropy(p, t, reduction="sum")
+                                  for w, p, t in zip(weights, parts, ys))) / sum(weights)
+            correct += float(correct_count(logits, y, self.head_sizes))
+            count += y.shape[0]
+            for c, p, t in zip(counts, parts, ys):
+                c += class_counts(p.argmax(1), t, c.shape[1])
         self.net.train()
-        loss_sum, correct, count = distributed.sum_all(self.ctx, [loss_sum, correct, count])
-        return loss_sum / max(count, 1), correct / max(count, 1)
+        flat = distributed.sum_all(self.ctx, [loss_sum, correct, count] + torch.cat([c.flatten() for c in counts]).tolist())
+        loss_sum, correct, count = flat[:3]
+        values = {"val_loss": loss_sum / max(count, 1), "val_acc": correct / max(count, 1)}
+        if self.multihead:
+            offset, recalls = 3, []
+            for (name, _), n in zip(self.bundle.heads, self.head_sizes):
+                c = torch.tensor(flat[offset:offset + 3 * n], dtype=torch.float64).view(3, n)
+                offset += 3 * n
+                recalls.append(macro_recall(c))
+                values[f"val_acc_{metric_name(name)}"] = float(c[2].sum() / c[0].sum().clamp(min=1))
+                values[f"val_recall_{metric_name(name)}"] = recalls[-1]
+            values["val_weighted_recall"] = weighted_recall(recalls, weights)
+        return values
 
     # -- the loop
 
     def log_setup(self) -> None:
         a, b = self.args, self.bundle
-        log.info("data: %s; %d classes; %d train / %s val images; %d workers per rank",
-                 "; ".join(b.notes), len(b.classes), len(b.train), len(b.val) if b.val is not None else 0,
+        classes = (", ".join(f"{name} {len(c)} (weight {w:g})" for (name, c), w in zip(b.heads, a.head_weights))
+                   if b.heads else str(len(b.classes)))
+        log.info("data: %s; classes: %s; %d train / %s val images; %d workers per rank",
+                 "; ".join(b.notes), classes, len(b.train), len(b.val) if b.val is not None else 0,
                  self.workers)
         log.info("model: %s/%s input %s; device %s; world size %d; amp %s; channels_last %s; compile %s",
                  self.spec["library"], a.arch, self.spec["input_size"], self.device, self.ctx.world_size,
                  self.amp_dtype or "off", self.channels_last, a.compile)
-        log.info("optimizer: %s lr=%g schedule=%s; %d steps/epoch x %d epochs; deterministic %s",
+        log.info("optimizer: %s; lr=%g schedule=%s; %d steps/epoch x %d epochs; deterministic %s",
                  self.optimizer_impl, self.lr, a.lr_schedule, self.steps_per_epoch, a.epochs, a.deterministic)
+        log.info("regularisation: label smoothing %g; cutmix alpha %g; mixup alpha %g; sync-bn %s; loss %s",
+                 a.label_smoothing, a.cutmix_alpha, a.mixup_alpha, self.sync_bn,
+                 "weighted mean of per-head cross-entropy" if self.multihead else "cross-entropy")
         if self.pretrained_report:
             r = self.pretrained_report
             log.info("pretrained: %d of %d tensors loaded from %s; re-initialised: %s; unused: %d",
@@ -349,10 +424,9 @@ class Trainer:
 
     def end_epoch(self, images_done: int, train_seconds: float) -> None:
         m = distributed.sum_all(self.ctx, self.meters.tolist() + [float(images_done)])
-        val_loss, val_acc = self.evaluate()
         values = {
             "train_loss": m[0] / max(m[2], 1), "train_acc": m[1] / max(m[2], 1),
-            "val_loss": val_loss, "val_acc": val_acc,
+            **self.evaluate(),
             "lr": self.scheduler.get_last_lr()[0],
             "images_per_sec": m[3] / max(train_seconds, 1e-9),
         }

@@ -17,6 +17,10 @@ INFERENCE_SHIM = (
     '"""Handler for a pytorch-byoc built-in image classifier (the serving image provides it)."""\n'
     "from handlers.image_classifier import model_fn, input_fn, predict_fn, output_fn  # noqa: F401\n"
 )
+MULTIHEAD_SHIM = (
+    '"""Handler for a pytorch-byoc multi-head image classifier (the serving image provides it)."""\n'
+    "from handlers.multihead import model_fn, input_fn, predict_fn, output_fn  # noqa: F401\n"
+)
 
 
 def _version(dist_name: str) -> str | None:
@@ -28,19 +32,26 @@ def _version(dist_name: str) -> str | None:
         return None
 
 
-def model_spec(*, arch: str, library: str, classes: list[str], image_size: int,
-               mean, std, eval_crop_ratio: float = 1.0) -> dict:
-    """The model.json dict, keys in the documented order."""
+def model_spec(*, arch: str, library: str, classes: list[str] | None, image_size: int,
+               mean, std, eval_crop_ratio: float = 1.0, heads: list[dict] | None = None) -> dict:
+    """The model.json dict, keys in the documented order.
+
+    ``heads`` (multi-head): ``[{"name", "classes", "weight"}, ...]`` in output order;
+    ``num_classes``/``classes`` are then null."""
     import torchvision
+
+    if heads:
+        heads = [{"name": h["name"], "num_classes": len(h["classes"]), "classes": list(h["classes"]),
+                  "weight": float(h.get("weight", 1.0))} for h in heads]
 
     return {
         "format_version": FORMAT_VERSION,
         "task": "image-classification",
         "arch": arch,
         "library": library,
-        "num_classes": len(classes),
-        "classes": list(classes),
-        "heads": None,
+        "num_classes": None if heads else len(classes),
+        "classes": None if heads else list(classes),
+        "heads": heads or None,
         "input_size": [3, image_size, image_size],
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
@@ -70,5 +81,5 @@ def export_model(model: torch.nn.Module, spec: dict, model_dir: Path) -> list[Pa
     code = model_dir / "code"
     code.mkdir(exist_ok=True)
     shim = code / "inference.py"
-    shim.write_text(INFERENCE_SHIM)
+    shim.write_text(MULTIHEAD_SHIM if spec.get("heads") else INFERENCE_SHIM)
     return [weights, meta, shim]

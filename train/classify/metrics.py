@@ -6,13 +6,19 @@ The line, for SageMaker ``metric_definitions`` (e.g. ``{"Name": "val:acc", "Rege
     epoch=3 train_loss=0.4100 train_acc=0.8700 val_loss=0.5000 val_acc=0.8700 lr=0.0100 images_per_sec=123.4
 
 Epochs count from 1 in what is logged. Validation fields are absent without validation data.
+A multi-head model adds, per head, ``val_acc_<head>=`` and ``val_recall_<head>=`` (macro-averaged
+recall) and ``val_weighted_recall=`` (the Bengali.AI metric); its ``train_acc``/``val_acc`` count
+a sample as right only when every head is.
 TensorBoard and matplotlib are optional: without them a log line says what is skipped.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
+
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,35 @@ def format_line(epoch: int, values: dict) -> str:
         parts.append(f"{name}={v:.1f}" if name == "images_per_sec" else
                      f"{name}={v:.4g}" if name == "lr" and v < 1e-3 else f"{name}={v:.4f}")
     return " ".join(parts)
+
+
+def metric_name(head: str) -> str:
+    """A head name usable in a metric name and a regex: [A-Za-z0-9_] only."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", head)
+
+
+def class_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """float64 ``[3, classes]``: true count (support), predicted count, true positives.
+    Summable over batches and ranks."""
+    return torch.stack([torch.bincount(target, minlength=num_classes),
+                        torch.bincount(pred, minlength=num_classes),
+                        torch.bincount(target[pred == target], minlength=num_classes)]).double()
+
+
+def macro_recall(counts: torch.Tensor) -> float:
+    """sklearn ``recall_score(average="macro")`` from ``class_counts``: the mean recall over the
+    labels present in y_true or y_pred (a label only predicted counts as recall 0)."""
+    support, predicted, tp = counts
+    present = (support > 0) | (predicted > 0)
+    if not bool(present.any()):
+        return 0.0
+    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+    return float(recall[present].mean())
+
+
+def weighted_recall(recalls: list[float], weights) -> float:
+    """Bengali.AI's score: the heads' macro recalls averaged with weights (2:1:1)."""
+    return sum(r * w for r, w in zip(recalls, weights)) / sum(weights)
 
 
 class MetricsWriter:

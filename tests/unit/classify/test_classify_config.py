@@ -19,7 +19,15 @@ def test_defaults_and_both_spellings():
     (["--epochs", "0"], "--epochs: must be >= 1"),
     (["--lr", "-1"], "--lr must be > 0"),
     (["--val-fraction", "1.5"], "must be in [0, 1)"),
-    (["--optimizer", "lamb"], "invalid choice"),
+    (["--optimizer", "adagrad"], "invalid choice"),
+    (["--label-columns", "a,,b"], "expected comma-separated names"),
+    (["--label-columns", "a,a"], "is repeated"),
+    (["--head-weights", "2,0"], "weights must be > 0"),
+    (["--label-columns", "a,b,c", "--head-weights", "2,1"], "--head-weights has 2 values for 3 label column(s)"),
+    (["--pixel-shape", "137"], "expected HEIGHT,WIDTH"),
+    (["--pixel-shape", "0,5"], "expected positive HEIGHT,WIDTH"),
+    (["--cutmix-alpha", "-1"], "must be >= 0"),
+    (["--label-columns", "image_id,b"], "is also a label column"),
     (["--mean", "1,2"], "expected three numbers"),
     (["--deterministic", "perhaps"], "expected true or false"),
 ])
@@ -46,3 +54,34 @@ def test_paths_follow_env(monkeypatch, tmp_path):
     assert (p.model, p.output, p.checkpoints) == (tmp_path / "model", tmp_path / "output", tmp_path / "checkpoints")
     monkeypatch.setenv("SM_CHECKPOINT_DIR", str(tmp_path / "ck"))
     assert p.checkpoints == tmp_path / "ck"
+
+
+def test_parquet_and_head_options():
+    a = parse_args([])
+    assert (a.label_columns, a.head_weights, a.image_column, a.pixel_shape, a.labels_csv) == \
+        (("label",), (1.0,), None, None, None)
+    bengali = parse_args(["--label_columns", "grapheme_root,vowel_diacritic,consonant_diacritic",
+                          "--pixel-shape", "137x236", "--image-column", "auto"])
+    assert bengali.head_weights == (2.0, 1.0, 1.0)  # the competition's weighting by default
+    assert bengali.pixel_shape == (137, 236)
+    two = parse_args(["--label-columns", "digit,high", "--head-weights", "[3, 1]", "--pixel-shape", "32,48"])
+    assert (two.head_weights, two.pixel_shape) == ((3.0, 1.0), (32, 48))
+
+
+def test_help_documents_every_new_hyperparameter():
+    from train.classify.config import build_parser
+
+    text = build_parser().format_help()
+    for name in ("--label-columns", "--head-weights", "--image-column", "--pixel-shape", "--id-column",
+                 "--labels-csv", "--cutmix-alpha", "--mixup-alpha", "--label-smoothing", "--sync-bn",
+                 "{sgd,adamw,lamb}", "{cosine,onecycle,constant}"):
+        assert name in text, name
+
+
+def test_docs_table_is_the_help_text():
+    from pathlib import Path
+
+    from train.classify.config import help_markdown
+
+    docs = (Path(__file__).resolve().parents[3] / "docs/hyperparameters.md").read_text()
+    assert help_markdown() in docs, "regenerate docs/hyperparameters.md from help_markdown()"
