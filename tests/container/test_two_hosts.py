@@ -1,12 +1,17 @@
-"""Two hosts (algo-1, algo-2) as SageMaker runs them: one container each on one
-network, each with its own /opt/ml and resourceconfig.json."""
+"""Two hosts (algo-1, algo-2) as SageMaker runs them: one container each on one network, each
+with its own /opt/ml and resourceconfig.json, started with docker compose from
+docker/compose/two-hosts.yml, the file users run."""
 import json
+import os
 import subprocess
 import textwrap
 import time
 import uuid
+from pathlib import Path
 
 import pytest
+
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker/compose/two-hosts.yml"
 
 HOROVOD_SCRIPT = """
 import os, socket, torch, horovod.torch as hvd
@@ -47,44 +52,50 @@ def job_tree(root, host, hyperparameters):
 
 
 @pytest.fixture
-def network(docker):
-    name = f"byoc-test-{uuid.uuid4().hex[:8]}"
-    subprocess.run([docker, "network", "create", name], check=True, capture_output=True)
-    containers = []
-    yield name, containers
-    subprocess.run([docker, "rm", "-f", *containers], capture_output=True)
-    subprocess.run([docker, "network", "rm", name], capture_output=True)
+def compose(docker, train_image, tmp_path):
+    """A unique compose project of docker/compose/two-hosts.yml (what users run), on the image
+    under test; `down -v` removes its containers and network whatever the test did."""
+    project = f"byoc-test-{uuid.uuid4().hex[:8]}"
+    override = tmp_path / "override.yml"
+    override.write_text(json.dumps({"services": {h: {"image": train_image} for h in ("algo-1", "algo-2")}}))
+    base = [docker, "compose", "-p", project, "-f", str(COMPOSE_FILE), "-f", str(override)]
+    yield base, override
+    subprocess.run([*base, "down", "-v", "--remove-orphans"], capture_output=True,
+                   env={**os.environ, "JOB_DIR": str(tmp_path)})
 
 
-def run_two_hosts(docker, image, net, containers, tmp_path, hyperparameters, env=None, timeout=300):
-    """Start algo-2 then algo-1 (SageMaker starts them in no set order); wait for both.
-    Returns ({host: exit code}, {host: logs}, seconds until the last one exited)."""
+def run_two_hosts(compose, tmp_path, hyperparameters, env=None, timeout=300):
+    """`docker compose up -d` both hosts, then wait for both containers to exit (SageMaker waits
+    for every host). Returns ({host: exit code}, {host: logs}, seconds until the last one exited)."""
+    base, override = compose
+    for host in ("algo-1", "algo-2"):
+        job_tree(tmp_path / host, host, hyperparameters)
+    if env:
+        services = json.loads(override.read_text())["services"]
+        for service in services.values():
+            service["environment"] = env
+        override.write_text(json.dumps({"services": services}))
+    run_env = {**os.environ, "JOB_DIR": str(tmp_path)}
     started = time.monotonic()
-    for host in ("algo-2", "algo-1"):
-        root = job_tree(tmp_path / host, host, hyperparameters)
-        name = f"{net}-{host}"
-        extra = [arg for k, v in (env or {}).items() for arg in ("-e", f"{k}={v}")]
-        subprocess.run([docker, "run", "-d", "--name", name, "--hostname", host, "--network", net,
-                        "--network-alias", host, "-v", f"{root}:/opt/ml", *extra, image, "train"],
-                       check=True, capture_output=True)
-        containers.append(name)
+    subprocess.run([*base, "up", "-d", "--no-build", "--pull", "never"], check=True, capture_output=True,
+                   env=run_env, timeout=120)
     codes, logs = {}, {}
     for host in ("algo-1", "algo-2"):
-        name = f"{net}-{host}"
-        codes[host] = subprocess.run([docker, "wait", name], capture_output=True, text=True,
+        container = subprocess.run([*base, "ps", "-a", "-q", host], check=True, capture_output=True, text=True,
+                                   env=run_env).stdout.strip()
+        codes[host] = subprocess.run([base[0], "wait", container], capture_output=True, text=True,
                                      timeout=timeout).stdout.strip()
     elapsed = time.monotonic() - started
     for host in ("algo-1", "algo-2"):
-        out = subprocess.run([docker, "logs", f"{net}-{host}"], capture_output=True, text=True)
+        out = subprocess.run([*base, "logs", "--no-log-prefix", host], capture_output=True, text=True, env=run_env)
         logs[host] = out.stdout + out.stderr
     return codes, logs, elapsed
 
 
-def test_horovod_over_mpi_across_two_hosts(docker, train_image, network, tmp_path):
-    net, containers = network
+def test_horovod_over_mpi_across_two_hosts(compose, tmp_path):
     hps = {"sagemaker_program": "hvd.py", "sagemaker_mpi_enabled": True,
            "sagemaker_mpi_num_of_processes_per_host": 1}
-    codes, logs, _ = run_two_hosts(docker, train_image, net, containers, tmp_path, hps)
+    codes, logs, _ = run_two_hosts(compose, tmp_path, hps)
     # SageMaker waits for every host's container: both must exit, and exit 0
     assert set(codes.values()) == {"0"}, {h: (codes[h], logs[h][-3000:]) for h in codes}
     assert "rank 0 of 2 on algo-1 sum 3" in logs["algo-1"] and "rank 1 of 2 on algo-2 sum 3" in logs["algo-1"]
@@ -92,20 +103,18 @@ def test_horovod_over_mpi_across_two_hosts(docker, train_image, network, tmp_pat
     assert (tmp_path / "algo-1" / "output" / "success").exists()
 
 
-def test_ddp_over_gloo_with_torchrun_across_two_hosts(docker, train_image, network, tmp_path):
-    net, containers = network
+def test_ddp_over_gloo_with_torchrun_across_two_hosts(compose, tmp_path):
     hps = {"sagemaker_program": "ddp.py", "sagemaker_torch_distributed_enabled": True}
-    codes, logs, _ = run_two_hosts(docker, train_image, net, containers, tmp_path, hps)
+    codes, logs, _ = run_two_hosts(compose, tmp_path, hps)
     assert set(codes.values()) == {"0"}, {h: (codes[h], logs[h][-3000:]) for h in codes}
     assert "rank 0 of 2 on algo-1 sum 3" in logs["algo-1"]
     assert "rank 1 of 2 on algo-2 sum 3" in logs["algo-2"]
     assert (tmp_path / "algo-1" / "model" / "result.txt").read_text() == "3"
 
 
-def test_one_failing_rank_ends_the_whole_job_with_its_reason(docker, train_image, network, tmp_path):
-    net, containers = network
+def test_one_failing_rank_ends_the_whole_job_with_its_reason(compose, tmp_path):
     hps = {"sagemaker_program": "ddp.py", "sagemaker_torch_distributed_enabled": True}
-    codes, logs, elapsed = run_two_hosts(docker, train_image, net, containers, tmp_path, hps,
+    codes, logs, elapsed = run_two_hosts(compose, tmp_path, hps,
                                          env={"FAIL_RANK": "1"}, timeout=120)
     assert codes["algo-1"] != "0" and codes["algo-2"] != "0", codes
     assert elapsed < 60, f"the job took {elapsed:.0f} s to end after a rank failed"
