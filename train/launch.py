@@ -140,7 +140,10 @@ def mpirun_command(
     """
     nccl_debug, extra_options = split_custom_mpi_options(custom_options)
     total = num_processes or processes_per_host * len(hosts)
-    command = ["mpirun", "--host", ",".join(f"{host}:{processes_per_host}" for host in hosts)]
+    # One host: "localhost", because a plain `docker run` (no --hostname) cannot resolve algo-1,
+    # and mpirun would try to ssh to it.
+    names = hosts if len(hosts) > 1 else ["localhost"]
+    command = ["mpirun", "--host", ",".join(f"{host}:{processes_per_host}" for host in names)]
     command += ["-np", str(total), "--allow-run-as-root", "--tag-output"]
     command += ["-mca", "plm_rsh_agent", "ssh"]
     command += ["-mca", "plm_rsh_args", "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"]

@@ -175,7 +175,8 @@ def test_plan_mpi_leader_and_worker(tmp_path):
 
 def test_plan_mpi_processes_per_host_from_hyperparameter(tmp_path):
     contract = contract_for(tmp_path, gpus=8, launcher="mpi", processes_per_host=2)
-    assert after(launch.plan_launch(contract, {}, PY).command, "--host") == "algo-1:2"
+    # one host: localhost, which resolves even without `docker run --hostname algo-1`
+    assert after(launch.plan_launch(contract, {}, PY).command, "--host") == "localhost:2"
 
 
 # -- running ---------------------------------------------------------------------------------------
