@@ -7,6 +7,9 @@ import os
 
 import torch
 
+from serve import request_params
+from serve.errors import BadRequest
+
 
 def model_dir_of(context=None) -> str:
     if context is not None:
@@ -46,3 +49,27 @@ def load_network(model_dir: str) -> torch.nn.Module:
 
 def batch_sizes(inputs: list[torch.Tensor]) -> list[int]:
     return [int(t.shape[0]) for t in inputs]
+
+
+def topk(num_classes: int) -> int:
+    """How many classes to list: the request's topk (Accept parameter or
+    CustomAttributes), else BYOC_TOPK, else 5; at most num_classes."""
+    raw = request_params.current().get("topk")
+    if raw is not None:
+        if not raw.isdigit() or int(raw) < 1:
+            raise BadRequest(f"topk must be a whole number of at least 1, got {raw!r}")
+        k = int(raw)
+    else:
+        env = os.environ.get("BYOC_TOPK", "5")
+        k = int(env) if env.isdigit() and int(env) > 0 else 5
+    return min(k, num_classes)
+
+
+def ranked(probs: torch.Tensor, classes: list, k: int) -> list[list[dict]]:
+    """Top-k of each row of an N x C probability tensor as label/index/probability dicts."""
+    values, indices = probs.topk(k, dim=1)
+    return [
+        [{"label": str(classes[i]) if i < len(classes) else str(i), "index": i, "probability": round(float(p), 6)}
+         for p, i in zip(vs.tolist(), ix.tolist())]
+        for vs, ix in zip(values, indices)
+    ]

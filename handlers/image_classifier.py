@@ -4,7 +4,8 @@
 In:  image/jpeg, image/png, application/x-image (one image), or
      application/x-npy, application/json (an array: HxW, CxH xW, HxWxC, or a
      batch NxCxHxW / NxHxWxC; uint8 pixels or floats already in [0, 1]).
-Out: application/json top-k (BYOC_TOPK, default 5):
+Out: application/json top-k (per request `Accept: application/json; topk=3` or
+     CustomAttributes `topk=3`, else BYOC_TOPK, default 5):
      {"predictions": [{"label": "cat", "index": 3, "probability": 0.91}, ...]}
      (a list of such lists for an array holding several images);
      application/x-npy or text/csv: the probabilities, N x num_classes.
@@ -43,26 +44,22 @@ def input_fn(body, content_type: str, context=None) -> torch.Tensor:
 @batched
 def predict_fn(inputs: list[torch.Tensor], model, context=None) -> list[torch.Tensor]:
     """All requests of a batch in one forward pass; probabilities per request."""
+    probs = torch.softmax(forward(inputs, model, context), dim=1).cpu()
+    return list(torch.split(probs, common.batch_sizes(inputs)))
+
+
+def forward(inputs: list[torch.Tensor], model, context=None) -> torch.Tensor:
+    """The batch's inputs normalised and through the network: float32 logits."""
     dev = next(model.parameters()).device
     x = torch.cat(inputs).to(dev, non_blocking=True)
     x = _normalize(x, _stats(model, x, context)).contiguous(memory_format=torch.channels_last)
-    probs = torch.softmax(model(x).float(), dim=1).cpu()
-    return list(torch.split(probs, common.batch_sizes(inputs)))
+    return model(x).float()
 
 
 def output_fn(prediction: torch.Tensor, accept: str, context=None):
     if accept != codecs.JSON:
         return codecs.encode(prediction.numpy(), accept), accept
-    classes = _classes(context)
-    k = min(_topk(), prediction.shape[1])
-    values, indices = prediction.topk(k, dim=1)
-    rows = [
-        [
-            {"label": _label(classes, int(i)), "index": int(i), "probability": round(float(p), 6)}
-            for p, i in zip(vs, ix)
-        ]
-        for vs, ix in zip(values, indices)
-    ]
+    rows = common.ranked(prediction, _classes(context), common.topk(prediction.shape[1]))
     result = rows[0] if len(rows) == 1 else rows
     return codecs.encode({"predictions": result}, codecs.JSON), codecs.JSON
 
@@ -99,6 +96,8 @@ def _resize_center_crop(img, height, width, crop_ratio):
 
 
 def _from_array(arr: np.ndarray, channels, height, width) -> torch.Tensor:
+    if arr.dtype.kind not in "uif":
+        raise BadRequest(f"image arrays hold uint8 pixels or floats in [0, 1], not {arr.dtype}")
     if arr.ndim == 2 and channels == 1:
         arr = arr[None]
     if arr.ndim == 3:
@@ -140,15 +139,6 @@ def _classes(context):
         return common.spec_for(context).get("classes") or []
     except OSError:
         return []
-
-
-def _label(classes, index: int) -> str:
-    return str(classes[index]) if index < len(classes) else str(index)
-
-
-def _topk() -> int:
-    raw = os.environ.get("BYOC_TOPK", "5")
-    return int(raw) if raw.isdigit() and int(raw) > 0 else 5
 
 
 def _max_instances() -> int:

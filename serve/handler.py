@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve import codecs, user_module
+from serve import codecs, request_params, user_module
 from serve.errors import BadRequest, HTTPError, InternalError, client_message
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ class Request:
     body: Any
     content_type: str
     accept: str
+    custom_attributes: str = ""
     data: Any = None
     prediction: Any = None
     output: bytes = b""
@@ -61,24 +62,33 @@ def _requests(data: list, context) -> list[Request]:
                 body=body,
                 content_type=_header(headers, "content-type"),
                 accept=_header(headers, "accept"),
+                custom_attributes=_header(headers, "x-amzn-sagemaker-custom-attributes"),
             )
         )
     return out
 
 
-def _preferred_accept(accept: str) -> str:
+def _accept_choice(accept: str) -> tuple[str, dict]:
     """What to pass to output_fn: the client's first choice (highest q, then
-    order), JSON for */* or no Accept, as SageMaker's toolkit does."""
-    best, best_q = "", -1.0
+    order), JSON for */* or no Accept, as SageMaker's toolkit does; with the
+    parameters of that choice other than q."""
+    best, best_params, best_q = "", {}, -1.0
     for item in accept.split(","):
         mtype, params = codecs.parse_media_type(item)
         try:
-            q = float(params.get("q", "1"))
+            q = float(params.pop("q", "1"))
         except ValueError:
             q = 1.0
         if mtype and q > best_q:
-            best, best_q = mtype, q
-    return DEFAULT_ACCEPT if best in ("", "*/*", "application/*") else best
+            best, best_params, best_q = mtype, params, q
+    if best in ("", "*/*", "application/*"):
+        return DEFAULT_ACCEPT, best_params
+    return best, best_params
+
+
+def _params_of(r: Request, accept_params: dict) -> dict:
+    """CustomAttributes, overridden by the Accept parameters."""
+    return {**request_params.parse_custom_attributes(r.custom_attributes), **accept_params}
 
 
 class HandlerService:
@@ -155,8 +165,9 @@ class HandlerService:
             if not r.ok:
                 continue
             try:
-                accept = _preferred_accept(r.accept)
-                out = user_module.call(self.fns.output_fn, r.prediction, accept, context=self.context)
+                accept, params = _accept_choice(r.accept)
+                with request_params.scoped(_params_of(r, params)):
+                    out = user_module.call(self.fns.output_fn, r.prediction, accept, context=self.context)
                 r.output, r.output_type = _as_response(out, accept)
             except HTTPError as exc:
                 r.error = exc
@@ -166,10 +177,10 @@ class HandlerService:
 
     def transform(self, requests: list[Request]) -> None:
         for r in requests:
-            accept = _preferred_accept(r.accept)
+            accept, params = _accept_choice(r.accept)
             try:
                 ctype = codecs.parse_media_type(r.content_type)[0]
-                with _inference_mode():
+                with _inference_mode(), request_params.scoped(_params_of(r, params)):
                     out = user_module.call(
                         self.fns.transform_fn, self.model, r.body, ctype, accept, context=self.context
                     )

@@ -382,7 +382,6 @@ KNOWN_BUGS = {
     "form jpeg": "TorchServe form-decodes the body itself and answers 500 with the body echoed",
     "form json": "TorchServe form-decodes the body: the handler sees no body (400, not 415)",
     "too large": "TorchServe's frontend answers 413 with an empty body",
-    "bool npy": "serve.codecs counts bool as numeric: a bool array of image shape is classified (200)",
 }
 
 

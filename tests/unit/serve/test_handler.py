@@ -230,11 +230,41 @@ def test_no_model_at_all_fails_to_load(tmp_path):
         service_for(tmp_path)
 
 
-def test_multihead_without_its_handler_fails_clearly(tmp_path):
-    (tmp_path / "model.json").write_text(json.dumps({"task": "image-classification", "heads": [{"name": "a", "classes": ["x"]}]}))
-    import importlib.util
+# ---------------------------------------------------------------- per-request top-k
+def test_topk_from_accept_parameter_and_custom_attributes_per_request(classifier, model_dir, jpeg_bytes):
+    jpeg = {"Content-Type": "image/jpeg"}
+    res = run_batch(classifier, model_dir, [
+        (jpeg_bytes, jpeg),                                                       # BYOC_TOPK default: all 3
+        (jpeg_bytes, {**jpeg, "Accept": "application/json; topk=1"}),
+        (jpeg_bytes, {**jpeg, "X-Amzn-SageMaker-Custom-Attributes": "topk=2"}),
+        (jpeg_bytes, {**jpeg, "Accept": "application/json;topk=1",
+                      "X-Amzn-SageMaker-Custom-Attributes": "topk=2"}),          # Accept wins
+        (jpeg_bytes, {**jpeg, "Accept": "application/json; topk=99"}),           # clipped to the classes
+        (jpeg_bytes, {**jpeg, "Accept": "application/json; topk=zero"}),
+        (jpeg_bytes, {**jpeg, "Accept": "application/json; topk=0"}),
+    ])
+    assert [r[0] for r in res] == [200, 200, 200, 200, 200, 400, 400]
+    lengths = [len(json.loads(body)["predictions"]) for _, _, body in res[:5]]
+    assert lengths == [3, 1, 2, 1, 3]
+    best = json.loads(res[0][2])["predictions"][0]
+    assert json.loads(res[1][2])["predictions"] == [best]       # the same top class, alone
+    assert res[1][1] == "application/json"                      # parameters stay out of the type
+    assert "topk" in json.loads(res[5][2])["message"]
 
-    if importlib.util.find_spec("handlers.multihead"):
-        pytest.skip("handlers.multihead exists now")
-    with pytest.raises(RuntimeError, match="handlers.multihead"):
-        service_for(tmp_path)
+
+def test_user_output_fn_sees_the_plain_media_type(model_dir, jpeg_bytes):
+    write_code(model_dir, """
+        def output_fn(prediction, accept):
+            assert accept == "application/json", accept
+            return '{"ok": true}', accept
+    """)
+    service = service_for(model_dir)
+    (code, ctype, body), = run_batch(service, model_dir, [
+        (jpeg_bytes, {"Content-Type": "image/jpeg", "Accept": "application/json; topk=2"})])
+    assert (code, ctype, json.loads(body)) == (200, "application/json", {"ok": True})
+
+
+def test_bool_array_is_not_an_image(classifier, model_dir):
+    (code, _, body), = run_batch(classifier, model_dir, [
+        (npy(np.ones((3, 64, 64), bool)), {"Content-Type": "application/x-npy"})])
+    assert code == 400 and "bool" in json.loads(body)["message"]

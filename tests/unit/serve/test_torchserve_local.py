@@ -285,3 +285,52 @@ def test_sigterm_finishes_the_request_in_flight(model_files, tmp_path):
         assert s.proc.wait(30) == 0
     finally:
         s.stop()
+
+
+def test_multihead_model_in_mixed_batches_with_per_request_topk(tmp_path, jpeg_bytes):
+    """A Bengali-style model (three heads) exported by the trainer, served with
+    batch size 4: a good photo, a truncated one and a topk=2 request share
+    batches and each gets its own answer."""
+    if not has_build_model():
+        pytest.skip("train.classify.models is not there")
+    import torch
+
+    from train.classify.export import export_model
+    from train.classify.models import build_model
+
+    heads = [{"name": "root", "num_classes": 7, "classes": [f"r{i}" for i in range(7)], "weight": 2.0},
+             {"name": "vowel", "num_classes": 3, "classes": ["a", "e", "i"], "weight": 1.0}]
+    spec = {"format_version": 1, "task": "image-classification", "arch": "resnet18", "library": "torchvision",
+            "num_classes": None, "classes": None, "heads": heads, "input_size": [3, 32, 32],
+            "mean": [0.5] * 3, "std": [0.25] * 3, "weights": "model.pt"}
+    torch.manual_seed(0)
+    export_model(build_model(spec).eval(), spec, tmp_path / "model")
+    s = Serve(tmp_path / "model", tmp_path / "work", SAGEMAKER_TS_BATCH_SIZE=4, SAGEMAKER_TS_MAX_BATCH_DELAY=50)
+    try:
+        s.wait_ready()
+        kinds = [({"Content-Type": "image/jpeg"}, jpeg_bytes, 200, 5),
+                 ({"Content-Type": "image/jpeg"}, jpeg_bytes[:300], 400, None),
+                 ({"Content-Type": "image/jpeg", "Accept": "application/json; topk=2"}, jpeg_bytes, 200, 2)] * 6
+
+        def call(k):
+            code, _, body = http("POST", s.url + "/invocations", k[1], k[0])
+            return code, json.loads(body)
+
+        with concurrent.futures.ThreadPoolExecutor(9) as pool:
+            results = list(pool.map(call, kinds))
+    finally:
+        s.stop()
+    answers = set()
+    for (headers, _, want, k), (code, body) in zip(kinds, results):
+        assert code == want, (headers, body)
+        if code == 200:
+            assert set(body["predictions"]) == {"root", "vowel"}
+            assert len(body["predictions"]["root"]) == k and len(body["predictions"]["vowel"]) == min(k, 3)
+            answers.add(body["predictions"]["root"][0]["label"])
+        else:
+            assert body["code"] == 400 and body["message"]
+    assert len(answers) == 1     # the same photo, the same top class, whatever its batch
+    log = s.output()
+    batches = log.count("Backend received inference at")
+    assert 0 < batches < len(kinds), "no batch held more than one request"
+    assert s.proc.returncode == 0, log[-3000:]
