@@ -91,7 +91,8 @@ def _resize_center_crop(img, height, width, crop_ratio):
     scale = short / min(img.size)
     size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
     img = img.resize(size, Image.BILINEAR, reducing_gap=3.0)
-    left, top = (img.width - width) // 2, (img.height - height) // 2
+    # torchvision's CenterCrop rounds the offset (round half to even): the same pixels as training
+    left, top = int(round((img.width - width) / 2.0)), int(round((img.height - height) / 2.0))
     return img.crop((left, top, left + width, top + height))
 
 

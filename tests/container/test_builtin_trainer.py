@@ -100,7 +100,7 @@ def test_image_folder_single_head(docker, train_image, tmp_path):
     assert (ml / "output/success").exists() and not (ml / "output/failure").exists()
 
 
-def test_bengali_parquet_two_heads(docker, train_image, tmp_path):
+def test_bengali_parquet_two_heads(docker, train_image, serve_image, tmp_path, free_port):
     pytest.importorskip("timm")
     pytest.importorskip("pyarrow")
     images, labels = digits32()
@@ -135,6 +135,41 @@ def test_bengali_parquet_two_heads(docker, train_image, tmp_path):
     high_acc = float((high_logits.argmax(1).numpy() == heads["high"]).mean())
     print(f"bengali parquet: host accuracy digit {digit_acc:.4f} high {high_acc:.4f}")
     assert digit_acc >= 0.90 and high_acc >= 0.90
+
+    # the serving image serves the artifact with no user code: per-head answers for PNGs
+    served = served_answers(docker, serve_image, model, images[:40], free_port())
+    digit_served = np.mean([int(a["digit"][0]["label"]) == d for a, d in zip(served, heads["digit"][:40])])
+    agree = np.mean([int(a["digit"][0]["label"]) == h for a, h in zip(served, digit_logits[:40].argmax(1).tolist())])
+    print(f"bengali parquet: served digit accuracy on 40 PNGs {digit_served:.3f}, agreement with the host {agree:.3f}")
+    assert all(len(a["digit"]) == 3 and len(a["high"]) == 2 for a in served)     # topk=3, clipped to 2
+    # serving repeats the trainer's eval transform pixel for pixel (measured: 40 of 40 agree)
+    assert agree >= 0.95 and digit_served >= 0.90
+
+
+def served_answers(docker, serve_image, model: Path, images: np.ndarray, port: int) -> list[dict]:
+    import io
+
+    import requests
+    from containers import start_serve, wait_healthy
+    from PIL import Image
+
+    for p in [model, *model.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)   # the serving image's user 1000 reads it
+    name = f"byoc-test-builtin-serve-{port}"
+    try:
+        url = start_serve(docker, serve_image, model, port, name)
+        wait_healthy(docker, name, url)
+        answers = []
+        for im in images:
+            buf = io.BytesIO()
+            Image.fromarray(im).save(buf, format="PNG")
+            r = requests.post(url + "/invocations", data=buf.getvalue(), timeout=60,
+                              headers={"Content-Type": "image/png", "Accept": "application/json; topk=3"})
+            assert r.status_code == 200, r.text
+            answers.append(r.json()["predictions"])
+        return answers
+    finally:
+        subprocess.run([docker, "rm", "-f", name], capture_output=True)
 
 
 def test_hugging_face_parquet_two_heads_with_cutmix_mixup(docker, train_image, tmp_path):
