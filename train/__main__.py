@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -218,6 +219,9 @@ def run_command(contract: Contract, plan: launch.LaunchPlan, env: dict) -> int:
         plan.command, env, working_dir(contract), contract.settings.stop_grace_s
     )
     if result.returncode == 0 and result.stopped_by is None:
+        # Done: a SIGTERM from here on (SageMaker local mode's compose stops the other hosts
+        # as soon as one exits) must not turn a finished host into exit 143.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         outcome.write_success(contract.output_dir)
         log.info("training finished")
         return 0
