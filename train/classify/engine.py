@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from argparse import Namespace
 from contextlib import nullcontext
@@ -399,12 +400,15 @@ class Trainer:
         while self.epoch < a.epochs:
             self.train_batches.set_epoch(self.epoch, self.step_in_epoch)
             started, images_done = time.perf_counter(), 0
+            bar = progress_bar(self.ctx.is_main, self.steps_per_epoch - self.step_in_epoch, self.epoch + 1)
             for images, targets in self.train_loader:
                 self.train_step(images, targets)
                 self.step_in_epoch += 1
                 self.global_step += 1
                 images_done += targets.numel()
-                if a.log_interval and self.global_step % a.log_interval == 0 and self.ctx.is_main:
+                if bar is not None:
+                    bar.update()
+                elif a.log_interval and self.global_step % a.log_interval == 0 and self.ctx.is_main:
                     loss_sum, _, count = self.meters.tolist()
                     log.info("progress epoch=%d step=%d/%d loss=%.4f lr=%.4g", self.epoch + 1, self.step_in_epoch,
                              self.steps_per_epoch, loss_sum / max(count, 1), self.scheduler.get_last_lr()[0])
@@ -416,6 +420,8 @@ class Trainer:
                                 self.epoch + 1, self.step_in_epoch)
                     return INTERRUPTED_EXIT_CODE
             train_seconds = time.perf_counter() - started
+            if bar is not None:
+                bar.close()
             self.end_epoch(images_done, train_seconds)
             if stop.requested:  # arrived during evaluation: the epoch checkpoint is already written
                 return INTERRUPTED_EXIT_CODE
@@ -457,3 +463,17 @@ def run(args: Namespace) -> int:
             return trainer.train(stop)
     finally:
         distributed.teardown()
+
+
+def progress_bar(is_main: bool, steps: int, epoch: int):
+    """A tqdm bar on rank 0 when stderr is a terminal (`docker run -it`), else None: in
+    SageMaker and CloudWatch logs a bar is thousands of carriage returns, so there the
+    `progress` log lines (--log-interval) stand in for it."""
+    if not (is_main and sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm comes with timm's dependencies; without it, log lines
+        return None
+    return tqdm(total=steps, desc=f"epoch {epoch}", unit="step", leave=False, dynamic_ncols=True)
+

@@ -227,3 +227,23 @@ def test_schedules():
     assert onecycle[0] < 0.02 and onecycle[-1] < 1e-4
     assert set(lrs("constant")) == {0.4}
     assert WarmupSchedule(10, 0, cosine=True)(5) == pytest.approx(0.5)
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    from train.classify.engine import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())            # SageMaker, docker logs, CloudWatch
+    assert progress_bar(True, 10, 1) is None
+    monkeypatch.setattr(sys, "stderr", Terminal())                # docker run -it
+    assert progress_bar(False, 10, 1) is None                     # other ranks never draw
+    bar = progress_bar(True, 10, 1)
+    bar.update(10)
+    bar.close()
+    assert "epoch 1:" in sys.stderr.getvalue() and "/10 [" in sys.stderr.getvalue()   # a bar was drawn
