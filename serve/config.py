@@ -6,9 +6,11 @@ environment module; bad values fail fast with the variable's name.
 
 Environment (SageMaker's names where one exists):
 
-SAGEMAKER_BIND_TO_PORT          inference port (default 8080), on 0.0.0.0
-SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": management, metrics, gRPC ports are lo..lo+3
-                                (default 8081, 8082, 7070, 7071); all on 127.0.0.1 only
+SAGEMAKER_BIND_TO_PORT          inference port (default 8080), on 0.0.0.0: our front door
+                                (serve/front.py), the only port open to the outside
+SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": management, metrics, gRPC, TorchServe's own inference
+                                ports are lo..lo+4 (default 8081, 8082, 7070, 7071, 8083);
+                                all on 127.0.0.1 only
 SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: one per GPU, else max(1, cpus//2))
 SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default 1)
 SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default 100)
@@ -31,6 +33,8 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -72,21 +76,21 @@ def _log_level(env: Mapping[str, str]) -> int:
     return level
 
 
-def _port_range(env: Mapping[str, str]) -> tuple[int, int, int, int]:
-    """Management, metrics, gRPC inference and gRPC management ports (all on
-    127.0.0.1; TorchServe 0.12 cannot turn gRPC off). SageMaker reserves
-    SAGEMAKER_SAFE_PORT_RANGE for a container's internal use: take them from
-    there when it is set, else TorchServe's usual ports."""
+def _port_range(env: Mapping[str, str]) -> tuple[int, int, int, int, int]:
+    """Management, metrics, gRPC inference, gRPC management and TorchServe's own
+    inference ports (all on 127.0.0.1; TorchServe 0.12 cannot turn gRPC off).
+    SageMaker reserves SAGEMAKER_SAFE_PORT_RANGE for a container's internal use:
+    take them from there when it is set, else TorchServe's usual ports and 8083."""
     raw = env.get("SAGEMAKER_SAFE_PORT_RANGE", "").strip()
     if not raw:
-        return 8081, 8082, 7070, 7071
+        return 8081, 8082, 7070, 7071, 8083
     try:
         lo, hi = (int(x) for x in raw.split("-"))
     except ValueError:
         raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r}: expected 'low-high'") from None
-    if not (1 <= lo and lo + 3 <= hi <= 65535):
-        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r}: need at least 4 ports in 1..65535")
-    return lo, lo + 1, lo + 2, lo + 3
+    if not (1 <= lo and lo + 4 <= hi <= 65535):
+        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r}: need at least 5 ports in 1..65535")
+    return lo, lo + 1, lo + 2, lo + 3, lo + 4
 
 
 # ---------------------------------------------------------------- host probing
@@ -132,11 +136,16 @@ def memory_limit() -> int | None:
 
 
 def gpu_count() -> int:
+    """GPUs torch would see. Without an NVIDIA device node there are none; with
+    one, torch counts them (honouring CUDA_VISIBLE_DEVICES) in a child process:
+    importing torch here would keep ~500 MB resident in `serve` for one number."""
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        return 0
     try:
-        import torch  # lazily: only the launcher needs it, once
-
-        return torch.cuda.device_count()
-    except Exception:
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+                             capture_output=True, text=True, timeout=120)
+        return int(out.stdout.strip() or 0)
+    except (OSError, ValueError, subprocess.SubprocessError):
         return 0
 
 
@@ -155,6 +164,7 @@ class ServeConfig:
     management_port: int = 8081
     metrics_port: int = 8082
     grpc_ports: tuple = (7070, 7071)
+    backend_port: int = 8083  # TorchServe's inference API, behind the front door
     workers: int = 1
     threads_per_worker: int = 1
     batch_size: int = 1
@@ -184,12 +194,13 @@ class ServeConfig:
         env = os.environ if environ is None else environ
         gpus = gpu_count() if gpus is None else gpus
         cpus = cpu_count() if cpus is None else cpus
-        mgmt, metrics, grpc_inf, grpc_mgmt = _port_range(env)
+        internal = _port_range(env)
+        mgmt, metrics, grpc_inf, grpc_mgmt, backend = internal
         port = _int(env, "SAGEMAKER_BIND_TO_PORT", 8080, hi=65535)
-        if port in (mgmt, metrics, grpc_inf, grpc_mgmt):
+        if port in internal:
             raise ConfigError(
                 f"SAGEMAKER_BIND_TO_PORT={port} collides with the internal ports "
-                f"{mgmt}/{metrics}/{grpc_inf}/{grpc_mgmt}"
+                f"{'/'.join(map(str, internal))}"
             )
         # One worker per GPU. On CPU, half the cores: each worker then gets two
         # intra-op threads, so a conv net still uses parallel kernels while two
@@ -205,6 +216,7 @@ class ServeConfig:
             management_port=mgmt,
             metrics_port=metrics,
             grpc_ports=(grpc_inf, grpc_mgmt),
+            backend_port=backend,
             workers=workers,
             threads_per_worker=threads,
             batch_size=_int(env, "SAGEMAKER_TS_BATCH_SIZE", 1, hi=1024),
@@ -241,9 +253,9 @@ class ServeConfig:
     def properties(self, model_store: str) -> dict[str, str]:
         payload = str(self.max_payload_mb * MB)
         return {
-            "inference_address": f"http://0.0.0.0:{self.port}",
-            # Only the inference API is reachable from outside the container,
-            # which is why token authorization can be off.
+            # Only our front door (serve/front.py) listens outside the container;
+            # it relays the SageMaker routes here. Hence token authorization off.
+            "inference_address": self.backend_url,
             "management_address": f"http://127.0.0.1:{self.management_port}",
             "metrics_address": f"http://127.0.0.1:{self.metrics_port}",
             "grpc_inference_address": "127.0.0.1",
@@ -274,6 +286,18 @@ class ServeConfig:
             # model is loaded) and add /execution-parameters.
             **({"plugins_path": self.plugins_dir} if self.plugins_dir else {}),
         }
+
+    @property
+    def backend_url(self) -> str:
+        return f"http://127.0.0.1:{self.backend_port}"
+
+    def front_command(self) -> list[str]:
+        """The front door's command line (serve/front.py)."""
+        return [
+            "-m", "serve.front", "--port", str(self.port), "--backend", self.backend_url,
+            "--max-body", str(self.max_payload_mb * MB), "--timeout", str(self.timeout_s),
+            "--log-level", str(self.log_level),
+        ]
 
     def render(self, model_store: str) -> str:
         """config.properties text: one 'key=value' per line, newline-terminated."""

@@ -29,6 +29,14 @@ class BadRequest(HTTPError):
     status, phrase = 400, "Bad Request"
 
 
+class NotFound(HTTPError):
+    status, phrase = 404, "Not Found"
+
+
+class MethodNotAllowed(HTTPError):
+    status, phrase = 405, "Method Not Allowed"
+
+
 class NotAcceptable(HTTPError):
     status, phrase = 406, "Not Acceptable"
 
@@ -47,6 +55,10 @@ class InternalError(HTTPError):
 
 class ServiceUnavailable(HTTPError):
     status, phrase = 503, "Service Unavailable"
+
+
+class GatewayTimeout(HTTPError):
+    status, phrase = 504, "Gateway Timeout"
 
 
 def client_message(exc: BaseException, limit: int = 300) -> str:

@@ -1,5 +1,5 @@
-"""Run TorchServe in the foreground and watch it: wait for the model to load,
-exit if it cannot, drain on SIGTERM.
+"""Run TorchServe and our front door (serve/front.py) and watch them: wait for
+the model to load, exit if it cannot, drain on SIGTERM.
 
 TorchServe 0.12 facts this works around:
 - a worker whose model fails to load is restarted with back-off for ever, and
@@ -14,7 +14,9 @@ TorchServe 0.12 facts this works around:
   and clients stop sending;
 - TorchServe keeps accepting requests while we drain: under load that never
   stops, the drain ends at the grace period less the time java needs to stop,
-  so that the container is gone within BYOC_SERVE_GRACE_PERIOD in all.
+  so that the container is gone within BYOC_SERVE_GRACE_PERIOD in all;
+- the front door stops last: a request that reaches it after TorchServe has
+  closed gets a 503 with a JSON reason instead of a reset connection.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class Server:
             "--log-config", log_config, "--disable-token-auth", "--ncs",
         ]
         self.proc: subprocess.Popen | None = None
+        self.front: subprocess.Popen | None = None
         self.stopping = threading.Event()
 
     # ------------------------------------------------------------ process
@@ -75,6 +78,16 @@ class Server:
         # Own session: a Ctrl-C in a terminal reaches us only, and we decide
         # what TorchServe gets and when.
         self.proc = subprocess.Popen(self.cmd, env=self.env(), cwd=self.workdir, start_new_session=True)
+        # Up at once: until TorchServe answers, /ping gets 503 from the front.
+        self.front = subprocess.Popen([sys.executable, *self.cfg.front_command()], cwd=self.workdir,
+                                      start_new_session=True)
+
+    def exited(self) -> str | None:
+        """Which of our two processes has exited, with its status."""
+        for name, proc in (("TorchServe", self.proc), ("the front door", self.front)):
+            if proc is not None and proc.poll() is not None:
+                return f"{name} exited (status {proc.returncode})"
+        return None
 
     def java(self) -> psutil.Process | None:
         try:
@@ -125,8 +138,9 @@ class Server:
         deadline = time.monotonic() + self.cfg.startup_timeout_s
         delay = 0.2
         while not self.stopping.is_set():
-            if self.proc.poll() is not None:
-                logger.error("TorchServe exited during startup (status %s)", self.proc.returncode)
+            gone = self.exited()
+            if gone:
+                logger.error("%s during startup", gone)
                 return 1
             reason = self.load_failure()
             if reason:
@@ -145,8 +159,9 @@ class Server:
     def watch(self) -> int | None:
         """Serve until a signal (None) or until TorchServe fails (exit status)."""
         while not self.stopping.wait(0.5):
-            if self.proc.poll() is not None:
-                logger.error("TorchServe exited unexpectedly (status %s)", self.proc.returncode)
+            gone = self.exited()
+            if gone:
+                logger.error("%s unexpectedly", gone)
                 return 1
             reason = self.load_failure()
             if reason:
@@ -167,6 +182,20 @@ class Server:
         logger.warning("drain: requests still in flight at the end of the grace period")
 
     def stop(self, drain: bool) -> None:
+        self.stop_torchserve(drain)
+        self.stop_front()
+
+    def stop_front(self) -> None:
+        if self.front is None or self.front.poll() is not None:
+            return
+        self.front.send_signal(signal.SIGTERM)
+        try:
+            self.front.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            self.front.kill()
+            self.front.wait()
+
+    def stop_torchserve(self, drain: bool) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         deadline = time.monotonic() + self.cfg.grace_period_s

@@ -93,16 +93,31 @@ def test_server_is_non_root_and_only_8080_answers_outside(docker, server):
     ip = subprocess.run([docker, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name],
                         capture_output=True, text=True).stdout.strip()
     probe = ("import socket,sys\n"
-             "for port in (8080, 8081, 8082, 7070, 7071):\n"
+             "for port in (8080, 8081, 8082, 7070, 7071, 8083):\n"
              "    s = socket.socket(); s.settimeout(2)\n"
              "    print(port, s.connect_ex((sys.argv[1], port)) == 0)\n")
     # from another container on the same network, as a peer on SageMaker's network would
     seen = subprocess.run([docker, "run", "--rm", "--entrypoint", "python", docker_image_of(docker, name),
                            "-c", probe, ip], capture_output=True, text=True, timeout=120)
     open_ports = dict(line.split() for line in seen.stdout.splitlines())
-    assert open_ports == {"8080": "True", "8081": "False", "8082": "False", "7070": "False", "7071": "False"}, seen.stderr
+    assert open_ports == {"8080": "True", "8081": "False", "8082": "False", "7070": "False", "7071": "False",
+                          "8083": "False"}, seen.stderr
 
 
 def docker_image_of(docker, container):
     return subprocess.run([docker, "inspect", "-f", "{{.Config.Image}}", container],
                           capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_the_supervisor_and_front_door_stay_small(docker, server):
+    # `serve` only watches and the front door only relays: neither loads torch.
+    name, _ = server
+    script = ("import psutil\n"
+              "for p in psutil.process_iter(['cmdline', 'memory_info']):\n"
+              "    c = ' '.join(p.info['cmdline'] or [])\n"
+              "    if c.endswith('bin/serve') or 'serve.front' in c:\n"
+              "        print('front' if 'serve.front' in c else 'serve', p.info['memory_info'].rss >> 20)\n")
+    out = subprocess.run([docker, "exec", name, "python", "-c", script], capture_output=True, text=True)
+    rss = dict(line.split() for line in out.stdout.splitlines())
+    assert set(rss) == {"serve", "front"}, out.stdout + out.stderr
+    assert all(int(mib) < 120 for mib in rss.values()), rss

@@ -10,6 +10,7 @@ import json
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -122,6 +123,8 @@ def test_sigterm_under_load_finishes_every_request_and_exits_0(slow_server, dock
     print(f"\ndrain: {len(before)} sent before SIGTERM, {in_flight} in flight at the signal, "
           f"{len(completed)} answered 200; after the signal {len(after)} sent, {late_ok} answered, "
           f"{len(after) - late_ok} refused; exit {exit_code} after {seconds_to_exit:.1f} s")
+    refusals = Counter(r.status or (r.error or "no answer").split(":")[0] for r in after if r.status != 200)
+    print(f"drain: the refused got {dict(refusals)}")
 
     assert in_flight >= IN_FLIGHT // 2, "the load was not in flight when the signal came"
     dropped = [(r.status, r.error) for r in before if r not in completed]

@@ -316,8 +316,6 @@ def _problem(case, status, ctype, body):
     leaked = [word for word in LEAKS if word in text]
     if leaked:
         return f"the answer shows {leaked}: {text[:300]}"
-    if case.kind == "too-large":
-        return None   # TorchServe's frontend answers these itself: see KNOWN_BUGS
     if not ctype.startswith("application/json"):
         return f"Content-Type {ctype!r}, expected JSON: {text[:200]}"
     try:
@@ -368,23 +366,11 @@ def test_fuzz_set_gets_the_right_4xx_and_the_server_stays_healthy(fuzz_server, d
         assert _same_answer(after[photo], before[photo]), (photo.name, before[photo], after[photo])
 
 
-# ---------------------------------------------------------------- known gaps
-# Most of these requests are answered by TorchServe's Java frontend before our
-# handler sees them. Where the answer breaks the contract the case is a strict
-# xfail (reported in issue 5), so that a fix shows up as XPASS and the mark goes.
-KNOWN_BUGS = {
-    "GET /invocations": "TorchServe routes any method on /invocations to the model",
-    "PUT /invocations": "TorchServe routes any method on /invocations to the model",
-    "DELETE /invocations": "TorchServe routes any method on /invocations to the model",
-    "PATCH /invocations": "TorchServe routes any method on /invocations to the model",
-    "HEAD /invocations": "TorchServe routes any method on /invocations to the model",
-    "OPTIONS /invocations": "TorchServe answers OPTIONS with its OpenAPI description",
-    "form jpeg": "TorchServe form-decodes the body itself and answers 500 with the body echoed",
-    "form json": "TorchServe form-decodes the body: the handler sees no body (400, not 415)",
-    "too large": "TorchServe's frontend answers 413 with an empty body",
-}
-
-
+# ---------------------------------------------------------------- methods, forms, routes
+# TorchServe's Java frontend would answer all of these before our handler sees
+# them (any method on /invocations ran the model, form bodies were decoded by it,
+# a 500 echoed the body, a 413 had no body, its own routes shared the port).
+# Our front door (serve/front.py) answers them now; each was a strict xfail until then.
 def _odd_cases():
     jpeg = PHOTOS[0].read_bytes()
     cases = []
@@ -396,10 +382,14 @@ def _odd_cases():
         cases.append((f"{method} /ping", Case("method", b"", None, 405, method=method, path="/ping")))
     cases.append(("form jpeg", Case("form", jpeg, "application/x-www-form-urlencoded", 415)))
     cases.append(("form json", Case("form", b"[1]", "application/x-www-form-urlencoded", 415)))
+    cases.append(("multipart jpeg", Case("form", b"--x\r\n\r\n" + jpeg + b"\r\n--x--\r\n",
+                                         "multipart/form-data; boundary=x", 415)))
+    # TorchServe's own inference routes are not reachable from outside
+    for path in ("/predictions/model", "/api-description", "/v2/models/model/infer", "/v1/models/model:predict"):
+        cases.append((f"POST {path}", Case("route", jpeg, "image/jpeg", 404, path=path)))
     cases.append(("too large", Case("too-large-body", bytes(2 * MAX_PAYLOAD_MB * 1024 * 1024), "image/jpeg", 413)))
     cases.append(("bool npy", Case("npy-dtype", _npy(np.ones((3, 8, 8), bool)), "application/x-npy", 400)))
-    return [pytest.param(case, id=key, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[key]))
-            if key in KNOWN_BUGS else pytest.param(case, id=key) for key, case in cases]
+    return [pytest.param(case, id=key) for key, case in cases]
 
 
 @pytest.mark.parametrize("case", _odd_cases())

@@ -14,7 +14,9 @@ def cfg(**env):
 def test_defaults():
     c = cfg()
     props = parse_properties(c.render("/store"))
-    assert props["inference_address"] == "http://0.0.0.0:8080"
+    # TorchServe listens on loopback only; the front door has 8080 on all interfaces
+    assert props["inference_address"] == "http://127.0.0.1:8083"
+    assert c.front_command()[c.front_command().index("--port") + 1] == "8080"
     assert props["management_address"] == "http://127.0.0.1:8081"
     assert props["metrics_address"] == "http://127.0.0.1:8082"
     assert props["disable_token_authorization"] == "true"
@@ -55,7 +57,11 @@ def test_each_variable():
         BYOC_SERVE_JVM_HEAP_MB=700,
     )
     props = parse_properties(c.render("/s"))
-    assert props["inference_address"].endswith(":9090")
+    front = c.front_command()
+    assert front[front.index("--port") + 1] == "9090"
+    assert front[front.index("--backend") + 1] == props["inference_address"] == "http://127.0.0.1:10004"
+    assert front[front.index("--max-body") + 1] == str(20 * MB)
+    assert front[front.index("--timeout") + 1] == "120"
     assert props["management_address"] == "http://127.0.0.1:10000"
     assert props["metrics_address"] == "http://127.0.0.1:10001"
     assert (props["grpc_inference_address"], props["grpc_inference_port"]) == ("127.0.0.1", "10002")
@@ -105,6 +111,7 @@ def test_log_levels(level, expected):
         ("SAGEMAKER_BIND_TO_PORT", "http"),
         ("SAGEMAKER_BIND_TO_PORT", "70000"),
         ("SAGEMAKER_BIND_TO_PORT", "8081"),  # collides with management
+        ("SAGEMAKER_BIND_TO_PORT", "8083"),  # collides with TorchServe's own inference port
         ("SAGEMAKER_MODEL_SERVER_WORKERS", "0"),
         ("SAGEMAKER_MODEL_SERVER_WORKERS", "two"),
         ("SAGEMAKER_TS_BATCH_SIZE", "-1"),
@@ -114,7 +121,7 @@ def test_log_levels(level, expected):
         ("SAGEMAKER_CONTAINER_LOG_LEVEL", "chatty"),
         ("SAGEMAKER_SAFE_PORT_RANGE", "10000"),
         ("SAGEMAKER_SAFE_PORT_RANGE", "9-3"),
-        ("SAGEMAKER_SAFE_PORT_RANGE", "10000-10002"),  # fewer than 4 ports
+        ("SAGEMAKER_SAFE_PORT_RANGE", "10000-10003"),  # fewer than 5 ports
         ("SAGEMAKER_PROGRAM", "../evil.py"),
         ("SAGEMAKER_PROGRAM", "inference.sh"),
     ],
@@ -140,3 +147,20 @@ def test_config_is_frozen():
     c = cfg()
     with pytest.raises(Exception):
         c.workers = 9
+
+
+def test_gpu_count_needs_no_torch_in_the_supervisor(monkeypatch):
+    import subprocess
+    import types
+
+    from serve import config
+
+    monkeypatch.setattr(config.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no device node: nothing to ask torch"))
+    assert config.gpu_count() == 0
+    # with a device node, torch counts in a child process (CUDA_VISIBLE_DEVICES applies there)
+    monkeypatch.setattr(config.glob, "glob", lambda pattern: ["/dev/nvidia0", "/dev/nvidia1"])
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **k: calls.append(cmd) or types.SimpleNamespace(stdout="1\n"))
+    assert config.gpu_count() == 1
+    assert "torch.cuda.device_count()" in calls[0][-1]

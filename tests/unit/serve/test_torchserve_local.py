@@ -78,7 +78,7 @@ class Serve:
     """`python -m serve` in a subprocess, with its output kept for asserts."""
 
     def __init__(self, model_dir, workdir, **env):
-        port, mgmt = free_ports(1)[0], free_ports(4)[0]
+        port, mgmt = free_ports(1)[0], free_ports(5)[0]
         self.port, self.mgmt = port, mgmt
         self.url = f"http://127.0.0.1:{port}"
         os.makedirs(workdir, exist_ok=True)
@@ -89,7 +89,7 @@ class Serve:
                 "SM_MODEL_DIR": str(model_dir),
                 "BYOC_SERVE_WORKDIR": str(workdir),
                 "SAGEMAKER_BIND_TO_PORT": str(port),
-                "SAGEMAKER_SAFE_PORT_RANGE": f"{mgmt}-{mgmt + 3}",
+                "SAGEMAKER_SAFE_PORT_RANGE": f"{mgmt}-{mgmt + 4}",
                 "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
                 "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
                 "BYOC_SERVE_STARTUP_TIMEOUT": "120",
