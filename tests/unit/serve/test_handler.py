@@ -268,3 +268,20 @@ def test_bool_array_is_not_an_image(classifier, model_dir):
     (code, _, body), = run_batch(classifier, model_dir, [
         (npy(np.ones((3, 64, 64), bool)), {"Content-Type": "application/x-npy"})])
     assert code == 400 and "bool" in json.loads(body)["message"]
+
+
+@pytest.mark.parametrize("gpu_id", [0, 1, 3])
+def test_each_worker_makes_cuda_mean_its_own_gpu(tmp_path, monkeypatch, gpu_id):
+    # No GPU here: torch.cuda is faked up to the call that picks the device, so that a
+    # model_fn saying torch.device("cuda") lands on TorchServe's gpu_id for this worker.
+    import torch
+
+    picked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", picked.append)
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    write_code(model_dir, "def model_fn(d, context):\n    return context.system_properties['gpu_id']\n")
+    s = HandlerService()
+    s.initialize(make_context(model_dir, [{}], gpu=gpu_id))
+    assert picked == [gpu_id] and s.model == gpu_id
