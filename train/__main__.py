@@ -42,7 +42,9 @@ What it reads (as SageMaker, local mode or `docker run` provide it):
                                              its requirements.txt is pip-installed first
   BYOC_ML_ROOT                               use another folder instead of /opt/ml
   BYOC_TORCHRUN_PORT, BYOC_STOP_GRACE_S, BYOC_MPI_SYNC_PORT, BYOC_MPI_WAIT_S
-                                             launcher settings (29500, 110 s, 29400, 600 s)
+                                             launcher settings (29500, 110 s, 29400, 600 s);
+                                             the sync port is also where the hosts of a
+                                             multi-host job meet to end together
 
 Launcher, from the SDK's distribution hyperparameters:
   none                                        one process per host: python <program> <args>
@@ -61,6 +63,8 @@ Without a program, the built-in trainer runs: python -m train.classify <args>
 Every program gets the SM_* variables that sagemaker-training sets (with shell-safe
 names: batch-size -> SM_HP_BATCH_SIZE) plus SM_CHECKPOINT_DIR. SIGTERM/SIGINT are relayed
 to all processes. On failure /opt/ml/output/failure starts with the reason.
+The hosts of a multi-host job end together: a host whose work is done waits until
+every host's is (SageMaker waits for all hosts; local mode would stop the rest).
 """
 
 
@@ -214,7 +218,7 @@ def program_name(contract: Contract) -> str:
     return f"training program {contract.program}" if contract.program else "built-in trainer"
 
 
-def run_command(contract: Contract, plan: launch.LaunchPlan, env: dict) -> int:
+def run_command(contract: Contract, plan: launch.LaunchPlan, env: dict, finish_line=None) -> int:
     result = launch.run_relaying_signals(
         plan.command, env, working_dir(contract), contract.settings.stop_grace_s
     )
@@ -224,6 +228,8 @@ def run_command(contract: Contract, plan: launch.LaunchPlan, env: dict) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         outcome.write_success(contract.output_dir)
         log.info("training finished")
+        if finish_line is not None:
+            end_together(finish_line)
         return 0
     if result.returncode == 0:
         log.info("training stopped by %s and exited cleanly", result.stopped_by)
@@ -232,6 +238,27 @@ def run_command(contract: Contract, plan: launch.LaunchPlan, env: dict) -> int:
         program_name(contract), result.returncode, result.stderr_tail, result.stopped_by
     )
     return fail(contract.output_dir, message, result.returncode)
+
+
+def open_finish_line(contract: Contract, plan: launch.LaunchPlan):
+    """The hosts of a multi-host job end together (launch.FinishLine says why);
+    None for one host, and for MPI, whose worker hosts wait for the leader already."""
+    if len(contract.hosts) < 2 or plan.launcher in ("mpi", "mpi-worker"):
+        return None
+    settings = contract.settings
+    if contract.current_host == contract.leader_host:
+        return launch.FinishLine(settings.mpi_sync_port, len(contract.hosts) - 1, settings.mpi_wait_s)
+    return launch.FinishLineWorker(contract.leader_host, settings.mpi_sync_port, settings.mpi_wait_s)
+
+
+def end_together(finish_line) -> None:
+    if isinstance(finish_line, launch.FinishLine):
+        log.info("waiting for the other %d host(s) to finish", finish_line.workers)
+        done = finish_line.wait()
+        log.info("%d of %d other host(s) finished: the job is over", done, finish_line.workers)
+    else:
+        log.info("waiting for the first host to end the job")
+        finish_line.cross()
 
 
 def run_mpi_leader(contract: Contract, plan: launch.LaunchPlan, env: dict) -> int:
@@ -292,6 +319,11 @@ def main(argv: list | None = None) -> int:
         return 0
 
     make_output_dirs(contract)
+    try:
+        finish_line = open_finish_line(contract, plan)
+    except OSError as error:
+        return fail(contract.output_dir, f"cannot listen on port {contract.settings.mpi_sync_port} "
+                    f"(BYOC_MPI_SYNC_PORT) for the other hosts: {error}")
     code = install_requirements(contract, env)
     if code != 0:
         return code
@@ -299,7 +331,7 @@ def main(argv: list | None = None) -> int:
         return run_mpi_worker(contract, plan)
     if plan.launcher == "mpi":
         return run_mpi_leader(contract, plan, env)
-    return run_command(contract, plan, env)
+    return run_command(contract, plan, env, finish_line)
 
 
 if __name__ == "__main__":

@@ -38,12 +38,23 @@ dist.destroy_process_group()
 """
 
 
+# No distribution: each host does its own part (a shard, a fold), algo-2 takes longer.
+PER_HOST_SCRIPT = """
+import json, os, time
+host = os.environ["SM_CURRENT_HOST"]
+time.sleep(8 if host == "algo-2" else 0)
+open(os.path.join(os.environ["SM_MODEL_DIR"], f"part-{host}.json"), "w").write(json.dumps({"host": host}))
+print(f"{host}: my part is done", flush=True)
+"""
+
+
 def job_tree(root, host, hyperparameters):
     config = root / "input" / "config"
     config.mkdir(parents=True)
     (root / "code").mkdir()
     (root / "code" / "hvd.py").write_text(textwrap.dedent(HOROVOD_SCRIPT))
     (root / "code" / "ddp.py").write_text(textwrap.dedent(DDP_SCRIPT))
+    (root / "code" / "part.py").write_text(textwrap.dedent(PER_HOST_SCRIPT))
     (config / "resourceconfig.json").write_text(json.dumps(
         {"current_host": host, "hosts": ["algo-1", "algo-2"], "network_interface_name": "eth0"}))
     (config / "hyperparameters.json").write_text(json.dumps({k: json.dumps(v) for k, v in hyperparameters.items()}))
@@ -120,3 +131,36 @@ def test_one_failing_rank_ends_the_whole_job_with_its_reason(compose, tmp_path):
     assert elapsed < 60, f"the job took {elapsed:.0f} s to end after a rank failed"
     failure = (tmp_path / "algo-2" / "output" / "failure").read_text()
     assert "rank" in failure.splitlines()[0] and "bad shard" in failure
+
+
+@pytest.mark.parametrize("hyperparameters", [
+    pytest.param({"sagemaker_program": "part.py"}, id="a-part-per-host"),
+    pytest.param({"sagemaker_program": "ddp.py", "sagemaker_torch_distributed_enabled": True}, id="torchrun"),
+])
+def test_hosts_end_together_under_abort_on_container_exit(compose, tmp_path, hyperparameters):
+    """SageMaker local mode runs `compose up --abort-on-container-exit`: the first container to
+    exit stops the others. The hosts wait for each other at the end, so that no host's work is
+    cut short (SageMaker itself waits for every host)."""
+    base, _ = compose
+    for host in ("algo-1", "algo-2"):
+        job_tree(tmp_path / host, host, hyperparameters)
+    run_env = {**os.environ, "JOB_DIR": str(tmp_path)}
+    up = subprocess.run([*base, "up", "--abort-on-container-exit", "--no-build", "--pull", "never"],
+                        capture_output=True, text=True, env=run_env, timeout=300)
+    codes = {}
+    for host in ("algo-1", "algo-2"):
+        container = subprocess.run([*base, "ps", "-a", "-q", host], check=True, capture_output=True, text=True,
+                                   env=run_env).stdout.strip()
+        codes[host] = subprocess.run([base[0], "inspect", "-f", "{{.State.ExitCode}}", container],
+                                     capture_output=True, text=True, check=True).stdout.strip()
+    assert codes == {"algo-1": "0", "algo-2": "0"}, (codes, up.stdout[-4000:])
+    if hyperparameters["sagemaker_program"] == "part.py":
+        for host in ("algo-1", "algo-2"):
+            assert json.loads((tmp_path / host / "model" / f"part-{host}.json").read_text()) == {"host": host}
+        log = subprocess.run([*base, "logs", "--no-log-prefix", "algo-1"], capture_output=True, text=True,
+                             env=run_env)
+        assert "waiting for the other 1 host(s) to finish" in log.stdout + log.stderr, log.stdout[-3000:]
+    else:
+        assert (tmp_path / "algo-1" / "model" / "result.txt").read_text() == "3"
+    for host in ("algo-1", "algo-2"):
+        assert (tmp_path / host / "output" / "success").exists()

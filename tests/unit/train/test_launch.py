@@ -246,3 +246,77 @@ def test_job_ssh_key_is_made_once_per_job(tmp_path):
     public = launch.make_job_ssh_key(key)
     assert public.startswith(b"ssh-ed25519 ") and key.stat().st_mode & 0o777 == 0o600
     assert launch.make_job_ssh_key(key) == public     # a rerun on the same host keeps it
+
+
+# -- multi-host jobs end together ------------------------------------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _in_thread(fn):
+    thread = threading.Thread(target=fn, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_hosts_end_together_when_the_slowest_one_is_done():
+    port = _free_port()
+    leader = launch.FinishLine(port, workers=2, wait_s=30)
+    fast = launch.FinishLineWorker("127.0.0.1", port, wait_s=30)
+    slow = launch.FinishLineWorker("127.0.0.1", port, wait_s=30)
+    results = {}
+    waiting = _in_thread(lambda: results.update(done=leader.wait()))
+    fast_host = _in_thread(fast.cross)
+    # the fast host and the first host both wait while the slow host still works
+    fast_host.join(0.5)
+    waiting.join(0.1)
+    assert fast_host.is_alive() and waiting.is_alive()
+    slow_host = _in_thread(slow.cross)
+    for thread in (waiting, fast_host, slow_host):
+        thread.join(10)
+        assert not thread.is_alive()
+    assert results == {"done": 2}
+
+
+def test_a_worker_host_that_fails_does_not_hold_the_others():
+    port = _free_port()
+    leader = launch.FinishLine(port, workers=1, wait_s=30)
+    failed = launch.FinishLineWorker("127.0.0.1", port, wait_s=30)
+    failed.thread.join(10)
+    failed.connection.close()          # its process exited without saying done
+    started = time.monotonic()
+    assert leader.wait() == 0
+    assert time.monotonic() - started < 5
+
+
+def test_a_worker_host_that_never_connects_is_waited_for_only_until_the_deadline():
+    leader = launch.FinishLine(_free_port(), workers=1, wait_s=0.5)
+    started = time.monotonic()
+    assert leader.wait() == 0
+    assert time.monotonic() - started < 5
+
+
+def test_a_worker_host_that_cannot_reach_the_first_host_ends_on_its_own():
+    worker = launch.FinishLineWorker("127.0.0.1", _free_port(), wait_s=1)
+    done = _in_thread(worker.cross)
+    done.join(10)
+    assert not done.is_alive() and worker.connection is None
+
+
+def test_the_first_host_failing_releases_the_worker_hosts():
+    port = _free_port()
+    leader = launch.FinishLine(port, workers=1, wait_s=30)
+    worker = launch.FinishLineWorker("127.0.0.1", port, wait_s=30)
+    worker.thread.join(10)
+    time.sleep(0.2)                    # the leader's accept thread holds the connection
+    for connection in leader.connections:
+        connection.close()             # the first host's process is gone
+    leader.listener.close()
+    done = _in_thread(worker.cross)
+    done.join(10)
+    assert not done.is_alive()
