@@ -36,10 +36,11 @@ logger = logging.getLogger("serve.front")
 
 # The SageMaker contract: path -> the one method it takes (HEAD goes with GET).
 ROUTES = {"/ping": "GET", "/invocations": "POST", "/execution-parameters": "GET"}
-# Per-connection headers (RFC 9110 7.6.1) and those aiohttp sets itself.
+# Per-connection headers (RFC 9110 7.6.1), those aiohttp sets itself, and Expect: the
+# front door has already answered a client's "100-continue".
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+    "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length", "expect",
 })
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/")
 

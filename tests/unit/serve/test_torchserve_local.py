@@ -226,6 +226,22 @@ def test_concurrent_mixed_batches(server, jpeg_bytes):
     assert all(got == want for got, want in results), results
 
 
+def test_expect_100_continue_is_answered_once(server, jpeg_bytes):
+    # curl sends "Expect: 100-continue" with larger bodies; the front door answers it and
+    # must not pass it on (TorchServe's interim 100 would then reach the relay).
+    out = subprocess.run(["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-H", "Expect: 100-continue",
+                          "-H", "Content-Type: image/jpeg", "--data-binary", "@-", server.url + "/invocations"],
+                         input=jpeg_bytes, capture_output=True, timeout=60) if shutil.which("curl") else None
+    if out is None:
+        code, _, body = http("POST", server.url + "/invocations", jpeg_bytes,
+                             {"Content-Type": "image/jpeg", "Expect": "100-continue"})
+    else:
+        body, _, code = out.stdout.rpartition(b"\n")
+        code = int(code)
+    assert code == 200, body
+    assert len(json.loads(body)["predictions"]) == 3
+
+
 def test_get_invocations_does_not_run_the_model(server):
     code, _, _ = http("GET", server.url + "/invocations")
     assert 400 <= code < 500
