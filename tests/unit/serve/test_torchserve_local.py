@@ -158,6 +158,7 @@ def npy(arr) -> bytes:
 
 def test_ping_and_jpeg_top_k(server, jpeg_bytes):
     assert http("GET", server.url + "/ping")[0] == 200
+    assert http("HEAD", server.url + "/ping")[0] == 200   # load balancers' health checks
     code, ctype, body = http("POST", server.url + "/invocations", jpeg_bytes, {"Content-Type": "image/jpeg"})
     assert code == 200, body
     assert ctype.startswith("application/json")
