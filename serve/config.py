@@ -33,10 +33,10 @@ import json
 import logging
 import math
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Mapping
+
+from byoc.devices import gpu_count
 
 MODEL_NAME = "model"
 MODEL_VERSION = "1.0"
@@ -133,20 +133,6 @@ def memory_limit() -> int | None:
         if line.startswith("MemTotal:"):
             limits.append(int(line.split()[1]) * 1024)
     return min(limits) if limits else None
-
-
-def gpu_count() -> int:
-    """GPUs torch would see. Without an NVIDIA device node there are none; with
-    one, torch counts them (honouring CUDA_VISIBLE_DEVICES) in a child process:
-    importing torch here would keep ~500 MB resident in `serve` for one number."""
-    if not glob.glob("/dev/nvidia[0-9]*"):
-        return 0
-    try:
-        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
-                             capture_output=True, text=True, timeout=120)
-        return int(out.stdout.strip() or 0)
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return 0
 
 
 def jvm_heap_mb(memory_bytes: int | None) -> int:

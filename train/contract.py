@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from byoc.devices import gpu_count
 from train.errors import ContractError
 
 DEFAULT_ROOT = "/opt/ml"
@@ -543,17 +544,6 @@ def read_settings(environ: dict) -> Settings:
     )
 
 
-def detect_num_gpus() -> int:
-    """GPUs visible to this container; 0 when torch or CUDA is absent."""
-    if not any(Path("/dev").glob("nvidia[0-9]*")):
-        return 0  # no NVIDIA device nodes: skip importing torch (seconds) to be told 0
-    try:
-        import torch  # imported here: slow, and only needed once per job
-    except ImportError:
-        return 0
-    return torch.cuda.device_count()
-
-
 def read_log_level(sagemaker: dict) -> int:
     level = sagemaker.get("sagemaker_container_log_level", 20)
     if isinstance(level, bool) or not isinstance(level, int):
@@ -591,7 +581,7 @@ def load_contract(environ: dict | None = None, num_gpus: int | None = None) -> C
         network_interface_name=str(resources.get("network_interface_name") or DEFAULT_INTERFACE),
         current_instance_type=str(resources.get("current_instance_type") or "local"),
         channels=channels,
-        num_gpus=detect_num_gpus() if num_gpus is None else num_gpus,
+        num_gpus=gpu_count() if num_gpus is None else num_gpus,
         num_cpus=os.cpu_count() or 1,
         program=program,
         submit_dir=submit_dir,
