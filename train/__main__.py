@@ -229,7 +229,7 @@ def run_command(contract: Contract, plan: launch.LaunchPlan, env: dict, finish_l
         outcome.write_success(contract.output_dir)
         log.info("training finished")
         if finish_line is not None:
-            end_together(finish_line)
+            finish_line.cross()
         return 0
     if result.returncode == 0:
         log.info("training stopped by %s and exited cleanly", result.stopped_by)
@@ -249,16 +249,6 @@ def open_finish_line(contract: Contract, plan: launch.LaunchPlan):
     if contract.current_host == contract.leader_host:
         return launch.FinishLine(settings.mpi_sync_port, len(contract.hosts) - 1, settings.mpi_wait_s)
     return launch.FinishLineWorker(contract.leader_host, settings.mpi_sync_port, settings.mpi_wait_s)
-
-
-def end_together(finish_line) -> None:
-    if isinstance(finish_line, launch.FinishLine):
-        log.info("waiting for the other %d host(s) to finish", finish_line.workers)
-        done = finish_line.wait()
-        log.info("%d of %d other host(s) finished: the job is over", done, finish_line.workers)
-    else:
-        log.info("waiting for the first host to end the job")
-        finish_line.cross()
 
 
 def run_mpi_leader(contract: Contract, plan: launch.LaunchPlan, env: dict) -> int:

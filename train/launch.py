@@ -526,16 +526,17 @@ class FinishLine:
             try:
                 connection, _ = self.listener.accept()
             except OSError:
-                return  # closed by wait()
+                return  # closed by cross()
             keep_alive(connection)
             with self.arrived:
                 self.connections.append(connection)
                 self.arrived.notify_all()
 
-    def wait(self) -> int:
+    def cross(self) -> int:
         """Block until every worker host that connected has said done or gone; returns
         how many said done. Hosts that never connected are waited for only until the
         connect deadline (they may have failed to start)."""
+        log.info("waiting for the other %d host(s) to finish", self.workers)
         with self.arrived:
             self.arrived.wait_for(lambda: len(self.connections) >= self.workers,
                                   timeout=max(0.0, self.connect_deadline - time.monotonic()))
@@ -550,6 +551,7 @@ class FinishLine:
         # Only now, with every host done: closing releases them all at once.
         for connection in connections:
             connection.close()
+        log.info("%d of %d other host(s) finished: the job is over", done, self.workers)
         return done
 
 
@@ -572,6 +574,7 @@ class FinishLineWorker:
 
     def cross(self) -> None:
         """Say done, then wait until the first host closes (every host is done)."""
+        log.info("waiting for the first host to end the job")
         self.thread.join()
         if self.connection is None:
             return

@@ -270,7 +270,7 @@ def test_hosts_end_together_when_the_slowest_one_is_done():
     fast = launch.FinishLineWorker("127.0.0.1", port, wait_s=30)
     slow = launch.FinishLineWorker("127.0.0.1", port, wait_s=30)
     results = {}
-    waiting = _in_thread(lambda: results.update(done=leader.wait()))
+    waiting = _in_thread(lambda: results.update(done=leader.cross()))
     fast_host = _in_thread(fast.cross)
     # the fast host and the first host both wait while the slow host still works
     fast_host.join(0.5)
@@ -290,14 +290,14 @@ def test_a_worker_host_that_fails_does_not_hold_the_others():
     failed.thread.join(10)
     failed.connection.close()          # its process exited without saying done
     started = time.monotonic()
-    assert leader.wait() == 0
+    assert leader.cross() == 0
     assert time.monotonic() - started < 5
 
 
 def test_a_worker_host_that_never_connects_is_waited_for_only_until_the_deadline():
     leader = launch.FinishLine(_free_port(), workers=1, wait_s=0.5)
     started = time.monotonic()
-    assert leader.wait() == 0
+    assert leader.cross() == 0
     assert time.monotonic() - started < 5
 
 
