@@ -75,6 +75,12 @@ def compose(docker, train_image, tmp_path):
                    env={**os.environ, "JOB_DIR": str(tmp_path)})
 
 
+def container_of(base, host, run_env) -> str:
+    """The id of the compose project's container for `host`, running or exited."""
+    return subprocess.run([*base, "ps", "-a", "-q", host], check=True, capture_output=True, text=True,
+                          env=run_env).stdout.strip()
+
+
 def run_two_hosts(compose, tmp_path, hyperparameters, env=None, timeout=300):
     """`docker compose up -d` both hosts, then wait for both containers to exit (SageMaker waits
     for every host). Returns ({host: exit code}, {host: logs}, seconds until the last one exited)."""
@@ -92,10 +98,8 @@ def run_two_hosts(compose, tmp_path, hyperparameters, env=None, timeout=300):
                    env=run_env, timeout=120)
     codes, logs = {}, {}
     for host in ("algo-1", "algo-2"):
-        container = subprocess.run([*base, "ps", "-a", "-q", host], check=True, capture_output=True, text=True,
-                                   env=run_env).stdout.strip()
-        codes[host] = subprocess.run([base[0], "wait", container], capture_output=True, text=True,
-                                     timeout=timeout).stdout.strip()
+        codes[host] = subprocess.run([base[0], "wait", container_of(base, host, run_env)], capture_output=True,
+                                     text=True, timeout=timeout).stdout.strip()
     elapsed = time.monotonic() - started
     for host in ("algo-1", "algo-2"):
         out = subprocess.run([*base, "logs", "--no-log-prefix", host], capture_output=True, text=True, env=run_env)
@@ -147,12 +151,9 @@ def test_hosts_end_together_under_abort_on_container_exit(compose, tmp_path, hyp
     run_env = {**os.environ, "JOB_DIR": str(tmp_path)}
     up = subprocess.run([*base, "up", "--abort-on-container-exit", "--no-build", "--pull", "never"],
                         capture_output=True, text=True, env=run_env, timeout=300)
-    codes = {}
-    for host in ("algo-1", "algo-2"):
-        container = subprocess.run([*base, "ps", "-a", "-q", host], check=True, capture_output=True, text=True,
-                                   env=run_env).stdout.strip()
-        codes[host] = subprocess.run([base[0], "inspect", "-f", "{{.State.ExitCode}}", container],
-                                     capture_output=True, text=True, check=True).stdout.strip()
+    codes = {host: subprocess.run([base[0], "inspect", "-f", "{{.State.ExitCode}}", container_of(base, host, run_env)],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+             for host in ("algo-1", "algo-2")}
     assert codes == {"algo-1": "0", "algo-2": "0"}, (codes, up.stdout[-4000:])
     if hyperparameters["sagemaker_program"] == "part.py":
         for host in ("algo-1", "algo-2"):
