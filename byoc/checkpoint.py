@@ -18,8 +18,9 @@ Used by the built-in trainer and importable from users' own scripts::
                 sys.exit(143)          # 128 + SIGTERM: interrupted, not finished
         pos["step"] = 0
 
-Where checkpoints go (``default_checkpoint_dir``): ``$SM_CHECKPOINT_DIR`` if set, else
-``<root>/checkpoints`` with ``<root>`` = ``$BYOC_ML_ROOT`` or ``/opt/ml``. SageMaker
+Where checkpoints go (``default_checkpoint_dir``, the rule is ``byoc.layout.checkpoint_dir``):
+``$SM_CHECKPOINT_DIR`` if set, else ``<root>/checkpoints`` with ``<root>`` = ``$BYOC_ML_ROOT``
+(when not empty) or ``/opt/ml``. SageMaker
 itself exports no variable for this path: the SDK's ``checkpoint_local_path`` defaults to
 ``/opt/ml/checkpoints``, which it syncs to ``checkpoint_s3_uri`` while the job runs and
 restores into the container when a (spot) job restarts. A job that changed
@@ -57,6 +58,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from byoc import layout
+
 __all__ = [
     "Checkpointer",
     "TerminationFlag",
@@ -71,16 +74,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ML_ROOT = "/opt/ml"
 INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM: the conventional status of a TERM'ed process
 
 
 def default_checkpoint_dir() -> Path:
     """``$SM_CHECKPOINT_DIR``, else ``<$BYOC_ML_ROOT or /opt/ml>/checkpoints`` (see module doc)."""
-    explicit = os.environ.get("SM_CHECKPOINT_DIR")
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get("BYOC_ML_ROOT", DEFAULT_ML_ROOT)) / "checkpoints"
+    return layout.checkpoint_dir()
 
 
 # ----------------------------------------------------------------------------- atomic write

@@ -17,8 +17,9 @@ import sys
 import tarfile
 from pathlib import Path
 
+from byoc.layout import ml_root
 from train import launch, outcome
-from train.contract import Contract, load_contract, ml_root
+from train.contract import Contract, load_contract
 from train.errors import ContractError
 
 log = logging.getLogger("train")

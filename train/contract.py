@@ -14,7 +14,7 @@ built here keep its names and value formats, with shell-safe names.
 
 Environment variables read (besides SageMaker's own):
   BYOC_ML_ROOT        root of the /opt/ml tree (default /opt/ml; tests point it
-                      at a temporary directory)
+                      at a temporary directory; the rule is byoc.layout.ml_root)
   BYOC_TORCHRUN_PORT  rendezvous port of torchrun on the first host (29500)
   BYOC_STOP_GRACE_S   seconds between relaying SIGTERM and SIGKILL (110; SageMaker
                       kills the container 120 s after its SIGTERM)
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from byoc.devices import gpu_count
+from byoc.layout import ml_root
 from train.errors import ContractError
 
-DEFAULT_ROOT = "/opt/ml"
 SINGLE_HOST = "algo-1"
 DEFAULT_INTERFACE = "eth0"  # SageMaker's and local mode's interface name
 BUILTIN_TRAINER_MODULE = "train.classify"
@@ -549,10 +549,6 @@ def read_log_level(sagemaker: dict) -> int:
     if isinstance(level, bool) or not isinstance(level, int):
         raise ContractError(f"hyperparameter sagemaker_container_log_level must be an integer, not {level!r}")
     return level
-
-
-def ml_root(environ: dict) -> Path:
-    return Path(environ.get("BYOC_ML_ROOT") or DEFAULT_ROOT)
 
 
 def load_contract(environ: dict | None = None, num_gpus: int | None = None) -> Contract:

@@ -10,34 +10,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
-DEFAULT_ML_ROOT = "/opt/ml"
+from byoc import layout
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class Paths:
-    """The /opt/ml layout. Root from ``$BYOC_ML_ROOT`` (tests) else /opt/ml.
+    """Where the trainer reads and writes: the /opt/ml layout (``byoc.layout``), with the
+    SM_* directories that the ``train`` entry exports taking precedence.
 
-    Checkpoints: ``$SM_CHECKPOINT_DIR`` if set (the ``train`` launcher sets it), else
-    ``<root>/checkpoints``, the SDK's default ``checkpoint_local_path``.
+    ``environ`` is read when a path is asked for (``os.environ`` when not given).
     """
 
     root: Path
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False, compare=False)
 
     @classmethod
-    def from_env(cls, environ=os.environ) -> "Paths":
-        return cls(Path(environ.get("BYOC_ML_ROOT") or DEFAULT_ML_ROOT))
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Paths":
+        environ = os.environ if environ is None else environ
+        return cls(layout.ml_root(environ), environ)
 
     def channel(self, name: str) -> Path:
         return self.root / "input" / "data" / name
 
     @property
     def model(self) -> Path:
-        return Path(os.environ.get("SM_MODEL_DIR") or self.root / "model")
+        return Path(self.environ.get("SM_MODEL_DIR") or self.root / "model")
 
     @property
     def output(self) -> Path:
@@ -45,11 +49,11 @@ class Paths:
 
     @property
     def output_data(self) -> Path:
-        return Path(os.environ.get("SM_OUTPUT_DATA_DIR") or self.output / "data")
+        return Path(self.environ.get("SM_OUTPUT_DATA_DIR") or self.output / "data")
 
     @property
     def checkpoints(self) -> Path:
-        return Path(os.environ.get("SM_CHECKPOINT_DIR") or self.root / "checkpoints")
+        return layout.checkpoint_dir(self.environ, self.root)
 
 
 # ----------------------------------------------------------------------------- value types
