@@ -18,7 +18,7 @@ import tarfile
 from pathlib import Path
 
 from byoc.layout import ml_root
-from train import launch, outcome
+from train import finish_line, launch, outcome, relay, rendezvous
 from train.contract import Contract, load_contract
 from train.errors import ContractError
 
@@ -42,10 +42,12 @@ What it reads (as SageMaker, local mode or `docker run` provide it):
                                              into /opt/ml/code (default /opt/ml/code);
                                              its requirements.txt is pip-installed first
   BYOC_ML_ROOT                               use another folder instead of /opt/ml
-  BYOC_TORCHRUN_PORT, BYOC_STOP_GRACE_S, BYOC_MPI_SYNC_PORT, BYOC_MPI_WAIT_S
+  BYOC_TORCHRUN_PORT, BYOC_STOP_GRACE_S, BYOC_SYNC_PORT, BYOC_MPI_WAIT_S
                                              launcher settings (29500, 110 s, 29400, 600 s);
-                                             the sync port is also where the hosts of a
-                                             multi-host job meet to end together
+                                             the sync port is where the hosts of a
+                                             multi-host job meet: MPI's at the start, every
+                                             other launcher's to end together
+                                             (BYOC_MPI_SYNC_PORT: its deprecated old name)
 
 Launcher, from the SDK's distribution hyperparameters:
   none                                        one process per host: python <program> <args>
@@ -206,7 +208,7 @@ def install_requirements(contract: Contract, env: dict) -> int:
     if not requirements.is_file():
         return 0
     command = [sys.executable, "-m", "pip", "install", "--no-input", "-r", str(requirements)]
-    result = launch.run_relaying_signals(command, env, contract.code_dir, contract.settings.stop_grace_s)
+    result = relay.run_relaying_signals(command, env, contract.code_dir, contract.settings.stop_grace_s)
     if result.returncode == 0:
         return 0
     message = outcome.failure_message(
@@ -219,8 +221,8 @@ def program_name(contract: Contract) -> str:
     return f"training program {contract.program}" if contract.program else "built-in trainer"
 
 
-def run_command(contract: Contract, plan: launch.LaunchPlan, env: dict, finish_line=None) -> int:
-    result = launch.run_relaying_signals(
+def run_command(contract: Contract, plan: launch.LaunchPlan, env: dict, finish=None) -> int:
+    result = relay.run_relaying_signals(
         plan.command, env, working_dir(contract), contract.settings.stop_grace_s
     )
     if result.returncode == 0 and result.stopped_by is None:
@@ -229,8 +231,8 @@ def run_command(contract: Contract, plan: launch.LaunchPlan, env: dict, finish_l
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         outcome.write_success(contract.output_dir)
         log.info("training finished")
-        if finish_line is not None:
-            finish_line.cross()
+        if finish is not None:
+            finish.cross()
         return 0
     if result.returncode == 0:
         log.info("training stopped by %s and exited cleanly", result.stopped_by)
@@ -242,14 +244,14 @@ def run_command(contract: Contract, plan: launch.LaunchPlan, env: dict, finish_l
 
 
 def open_finish_line(contract: Contract, plan: launch.LaunchPlan):
-    """The hosts of a multi-host job end together (launch.FinishLine says why);
+    """The hosts of a multi-host job end together (train.finish_line says why);
     None for one host, and for MPI, whose worker hosts wait for the leader already."""
     if len(contract.hosts) < 2 or plan.launcher in ("mpi", "mpi-worker"):
         return None
     settings = contract.settings
     if contract.current_host == contract.leader_host:
-        return launch.FinishLine(settings.mpi_sync_port, len(contract.hosts) - 1, settings.mpi_wait_s)
-    return launch.FinishLineWorker(contract.leader_host, settings.mpi_sync_port, settings.mpi_wait_s)
+        return finish_line.FinishLine(settings.sync_port, len(contract.hosts) - 1, settings.mpi_wait_s)
+    return finish_line.FinishLineWorker(contract.leader_host, settings.sync_port, settings.mpi_wait_s)
 
 
 def run_mpi_leader(contract: Contract, plan: launch.LaunchPlan, env: dict) -> int:
@@ -259,10 +261,10 @@ def run_mpi_leader(contract: Contract, plan: launch.LaunchPlan, env: dict) -> in
     if workers == 0:
         return run_command(contract, plan, env)
     settings = contract.settings
-    log.info("MPI leader: waiting for %d worker host(s) on port %d", workers, settings.mpi_sync_port)
+    log.info("MPI leader: waiting for %d worker host(s) on port %d", workers, settings.sync_port)
     try:
-        public_key = launch.make_job_ssh_key(Path.home() / ".ssh" / "id_ed25519")
-        ready = launch.wait_for_mpi_workers(settings.mpi_sync_port, workers, settings.mpi_wait_s, public_key)
+        public_key = rendezvous.make_job_ssh_key(Path.home() / ".ssh" / "id_ed25519")
+        ready = rendezvous.wait_for_mpi_workers(settings.sync_port, workers, settings.mpi_wait_s, public_key)
     except (TimeoutError, OSError, subprocess.CalledProcessError) as error:
         return fail(contract.output_dir, f"MPI start failed: {error}")
     try:
@@ -276,8 +278,8 @@ def run_mpi_worker(contract: Contract, plan: launch.LaunchPlan) -> int:
         return fail(contract.output_dir, f"MPI worker hosts need sshd at {plan.command[0]}; it is not installed")
     settings = contract.settings
     try:
-        return launch.serve_as_mpi_worker(
-            contract.leader_host, settings.mpi_sync_port, settings.mpi_wait_s, plan.command,
+        return rendezvous.serve_as_mpi_worker(
+            contract.leader_host, settings.sync_port, settings.mpi_wait_s, plan.command,
             authorized_keys=Path.home() / ".ssh" / "authorized_keys",
         )
     except (TimeoutError, OSError, subprocess.CalledProcessError) as error:
@@ -311,10 +313,10 @@ def main(argv: list | None = None) -> int:
 
     make_output_dirs(contract)
     try:
-        finish_line = open_finish_line(contract, plan)
+        finish = open_finish_line(contract, plan)
     except OSError as error:
-        return fail(contract.output_dir, f"cannot listen on port {contract.settings.mpi_sync_port} "
-                    f"(BYOC_MPI_SYNC_PORT) for the other hosts: {error}")
+        return fail(contract.output_dir, f"cannot listen on port {contract.settings.sync_port} "
+                    f"(BYOC_SYNC_PORT) for the other hosts: {error}")
     code = install_requirements(contract, env)
     if code != 0:
         return code
@@ -322,7 +324,7 @@ def main(argv: list | None = None) -> int:
         return run_mpi_worker(contract, plan)
     if plan.launcher == "mpi":
         return run_mpi_leader(contract, plan, env)
-    return run_command(contract, plan, env, finish_line)
+    return run_command(contract, plan, env, finish)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,18 @@ Environment variables read (besides SageMaker's own):
   BYOC_TORCHRUN_PORT  rendezvous port of torchrun on the first host (29500)
   BYOC_STOP_GRACE_S   seconds between relaying SIGTERM and SIGKILL (110; SageMaker
                       kills the container 120 s after its SIGTERM)
-  BYOC_MPI_SYNC_PORT  port the MPI leader and workers use to meet (29400)
-  BYOC_MPI_WAIT_S     how long hosts wait for each other at MPI start (600)
+  BYOC_SYNC_PORT      the job's sync port on the first host (29400), where the other
+                      hosts meet it: MPI's worker hosts at the start (train.rendezvous),
+                      every other multi-host job's hosts to end together
+                      (train.finish_line). BYOC_MPI_SYNC_PORT is its deprecated old
+                      name, still read (with a warning) when BYOC_SYNC_PORT is not set.
+  BYOC_MPI_WAIT_S     how long hosts wait for each other to connect (600)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -33,6 +38,8 @@ from pathlib import Path
 from byoc.devices import gpu_count
 from byoc.layout import ml_root
 from train.errors import ContractError
+
+log = logging.getLogger("train")
 
 SINGLE_HOST = "algo-1"
 DEFAULT_INTERFACE = "eth0"  # SageMaker's and local mode's interface name
@@ -83,7 +90,7 @@ class Settings:
 
     torchrun_port: int = 29500
     stop_grace_s: float = 110.0
-    mpi_sync_port: int = 29400
+    sync_port: int = 29400  # where the hosts meet: train.rendezvous, train.finish_line
     mpi_wait_s: float = 600.0
 
 
@@ -535,11 +542,22 @@ def env_number(environ: dict, name: str, default, kind):
     return value
 
 
+def sync_port_variable(environ: dict) -> str:
+    """BYOC_SYNC_PORT, or its deprecated old name BYOC_MPI_SYNC_PORT when only that is set
+    (the port was never MPI's alone: the finish line of every multi-host job uses it)."""
+    if environ.get("BYOC_SYNC_PORT") in (None, "") and environ.get("BYOC_MPI_SYNC_PORT") not in (None, ""):
+        log.warning("BYOC_MPI_SYNC_PORT is deprecated: set BYOC_SYNC_PORT instead")
+        return "BYOC_MPI_SYNC_PORT"
+    if environ.get("BYOC_MPI_SYNC_PORT") not in (None, ""):
+        log.warning("BYOC_MPI_SYNC_PORT is deprecated and ignored: BYOC_SYNC_PORT is set")
+    return "BYOC_SYNC_PORT"
+
+
 def read_settings(environ: dict) -> Settings:
     return Settings(
         torchrun_port=env_number(environ, "BYOC_TORCHRUN_PORT", 29500, int),
         stop_grace_s=env_number(environ, "BYOC_STOP_GRACE_S", 110.0, float),
-        mpi_sync_port=env_number(environ, "BYOC_MPI_SYNC_PORT", 29400, int),
+        sync_port=env_number(environ, sync_port_variable(environ), 29400, int),
         mpi_wait_s=env_number(environ, "BYOC_MPI_WAIT_S", 600.0, float),
     )
 

@@ -1,32 +1,17 @@
-"""Launchers: what command runs the training program, and running it.
+"""Launchers: which launcher runs the training program on this host, and its command line.
 
-Command building is pure (lists of strings from plain values) so each
-launcher's command line is unit-tested. Running is ours, not
-sagemaker-training's: that one forwards no SIGTERM to the script, busy-waits
-for MPI workers, and loses the error message. Here the child runs in its own
-process group, SIGTERM/SIGINT are relayed to the whole group, SIGKILL follows
-after a grace period, and the end of the child's stderr is kept for the
-failure file while it streams to our stderr.
+Pure: lists of strings from plain values, so each launcher's command line is unit-tested.
+Running the command is train.relay's job; the hosts meeting on the job's sync port is
+train.rendezvous's (MPI) and train.finish_line's (the end of every multi-host job).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import shlex
-import signal
-import socket
-import subprocess
 import sys
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from train.contract import BUILTIN_TRAINER_MODULE, Contract
-
-log = logging.getLogger("train")
 
 SMDDP_NOTICE = (
     "SageMaker's distributed data-parallel library (smdistributed.dataparallel) is closed source "
@@ -160,6 +145,16 @@ def mpirun_command(
     return command + python_argv(entry, python)
 
 
+def socket_interface_env(contract: Contract) -> dict:
+    """The network interface NCCL and gloo use between hosts (resourceconfig's
+    network_interface_name). The one place train exports it; mpirun_command passes the
+    same interface to mpirun's own transports."""
+    return {
+        "NCCL_SOCKET_IFNAME": contract.network_interface_name,
+        "GLOO_SOCKET_IFNAME": contract.network_interface_name,
+    }
+
+
 # -- the plan for this host ------------------------------------------------------------------
 
 
@@ -179,12 +174,7 @@ def plan_launch(contract: Contract, sm_env: dict, python: str = sys.executable) 
     distribution = contract.distribution
     notices = [SMDDP_NOTICE] if distribution.smddp_requested else []
     multi_host = len(contract.hosts) > 1
-    interface_env = {}
-    if multi_host:
-        interface_env = {
-            "NCCL_SOCKET_IFNAME": contract.network_interface_name,
-            "GLOO_SOCKET_IFNAME": contract.network_interface_name,
-        }
+    interface_env = socket_interface_env(contract) if multi_host else {}
 
     if distribution.launcher == "torchrun":
         command = torchrun_command(
@@ -215,372 +205,3 @@ def plan_launch(contract: Contract, sm_env: dict, python: str = sys.executable) 
             f"{len(contract.hosts)} hosts and no distribution asked for: each host runs its own copy of the program"
         )
     return LaunchPlan("process", single_process_command(entry, python), {}, notices)
-
-
-# -- running a child with signal relay and a stderr tail -----------------------------------------
-
-
-@dataclass(frozen=True)
-class RunResult:
-    returncode: int  # as a shell reports it: 128 + N when killed by signal N
-    stderr_tail: str
-    stopped_by: int | None = None  # the signal we relayed, if any
-
-
-class StderrTee:
-    """Copy a pipe to our stderr as it streams, keeping the last `limit` bytes."""
-
-    def __init__(self, pipe, limit: int = 8192):
-        self.pipe = pipe
-        self.tail = deque()
-        self.size = 0
-        self.limit = limit
-        self.thread = threading.Thread(target=self._pump, name="stderr-tee", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _pump(self) -> None:
-        out = getattr(sys.stderr, "buffer", None)
-        fd = self.pipe.fileno()
-        while chunk := os.read(fd, 65536):
-            self._keep(chunk)
-            try:
-                if out is not None:
-                    out.write(chunk)
-                    out.flush()
-                else:
-                    sys.stderr.write(chunk.decode("utf-8", "replace"))
-            except (OSError, ValueError):
-                pass  # our stderr is gone: keep draining, or the child would block on a full pipe
-
-    def _keep(self, chunk: bytes) -> None:
-        self.tail.append(chunk)
-        self.size += len(chunk)
-        while self.size - len(self.tail[0]) >= self.limit:
-            self.size -= len(self.tail.popleft())
-
-    def text(self, timeout: float = 5.0) -> str:
-        # Grandchildren that outlive the child may hold the pipe open: do not wait forever.
-        self.thread.join(timeout)
-        data = b"".join(self.tail)[-self.limit :]
-        return data.decode("utf-8", "replace")
-
-
-class SignalRelay:
-    """While installed, SIGTERM/SIGINT/SIGHUP go to the child's process group; SIGKILL after a grace period."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-    def __init__(self, process: subprocess.Popen, grace_s: float):
-        self.process = process
-        self.grace_s = grace_s
-        self.received = None
-        self.previous = {}
-        self.killer = None
-
-    def __enter__(self):
-        for sig in self.SIGNALS:
-            self.previous[sig] = signal.signal(sig, self._relay)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        if self.killer is not None:
-            self.killer.cancel()
-
-    def _relay(self, signum, frame):
-        log.warning("received %s: relaying it to the training processes", signal.Signals(signum).name)
-        self.received = self.received or signum
-        send_to_group(self.process.pid, signum)
-        if self.killer is None:
-            # A timer thread, not a polling loop: fires once unless the child exits first.
-            self.killer = threading.Timer(self.grace_s, self._kill)
-            self.killer.daemon = True
-            self.killer.start()
-
-    def _kill(self):
-        if self.process.poll() is None:
-            log.error("training processes still running %.0f s after the signal: killing them", self.grace_s)
-            send_to_group(self.process.pid, signal.SIGKILL)
-
-
-def send_to_group(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def shell_returncode(returncode: int) -> int:
-    """Popen's -N (killed by signal N) as the 128 + N a shell and SageMaker report."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def run_relaying_signals(
-    command: list,
-    env: dict,
-    cwd: Path | str | None = None,
-    grace_s: float = 110.0,
-    tail_bytes: int = 32768,
-) -> RunResult:
-    """Run `command` in its own process group, relay stop signals to it, stream and keep its stderr."""
-    log.info("running: %s", shlex.join(str(part) for part in command))
-    process = subprocess.Popen(
-        [str(part) for part in command],
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # own process group: one signal reaches every rank
-    )
-    tee = StderrTee(process.stderr, tail_bytes)
-    tee.start()
-    with SignalRelay(process, grace_s) as relay:
-        returncode = process.wait()  # blocking wait; signal handlers run while we wait
-        # Whatever the child left behind in its group (ranks, daemons) ends with it.
-        send_to_group(process.pid, signal.SIGKILL)
-    tail = tee.text()
-    process.stderr.close()
-    return RunResult(shell_returncode(returncode), tail, relay.received)
-
-
-# -- MPI: the worker hosts and the leader meet over one TCP connection each --------------------------
-
-
-class Stopped(Exception):
-    """A stop signal arrived while waiting."""
-
-
-def raise_stopped(signum, frame):
-    raise Stopped(signal.Signals(signum).name)
-
-
-def connect_with_retry(host: str, port: int, wait_s: float) -> socket.socket:
-    """Connect, retrying while the other side starts (name not yet resolvable, refused)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            connection = socket.create_connection((host, port), timeout=10)
-            connection.settimeout(None)
-            return connection
-        except OSError as error:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{host}:{port} not reachable after {wait_s:.0f} s: {error}") from None
-            time.sleep(1)  # startup only: the other container may not be up yet
-
-
-def keep_alive(connection: socket.socket) -> None:
-    """TCP keepalive, so a leader host that vanishes (no FIN) is noticed in about a minute."""
-    connection.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, option):
-            connection.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-
-
-def wait_for_leader_to_finish(connection: socket.socket) -> None:
-    """Block until the leader closes the connection (it finished, failed or died)."""
-    with connection:
-        try:
-            while connection.recv(1024):
-                pass
-        except OSError:
-            pass  # reset or keepalive timeout: the leader is gone either way
-
-
-# The ssh key mpirun uses is made per job by the leader and handed to the
-# workers over the sync connection, so no key is baked into the image. The
-# trade-off: a worker trusts the key that the host named as the job's first
-# host sends it; that host name resolves only inside the job's own network.
-READY = b"ready\n"
-
-
-def make_job_ssh_key(private_key: Path) -> bytes:
-    """The leader's per-job key pair (ed25519, no passphrase); returns the public key line."""
-    if not private_key.exists():
-        private_key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "byoc-job", "-f", str(private_key)],
-                       check=True, stdin=subprocess.DEVNULL)
-    return Path(f"{private_key}.pub").read_bytes().strip()
-
-
-def authorize_key(public_key: bytes, authorized_keys: Path) -> None:
-    authorized_keys.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(authorized_keys, "ab") as f:
-        f.write(public_key + b"\n")
-    authorized_keys.chmod(0o600)
-
-
-def read_line(connection: socket.socket, limit: int = 16384) -> bytes:
-    """One newline-terminated line from a blocking socket (the peer's whole message)."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = connection.recv(limit - len(data))
-        if not chunk or len(data) + len(chunk) >= limit:
-            raise ConnectionError("the other host closed the connection or sent too much")
-        data += chunk
-    return data.strip()
-
-
-def serve_as_mpi_worker(leader: str, port: int, wait_s: float, sshd_command: list | None,
-                        authorized_keys: Path | None = None) -> int:
-    """An MPI worker host: run sshd for the leader's mpirun, exit when the leader is done.
-
-    The worker connects to the leader, receives the job's public key, authorizes
-    it, starts sshd, and says "ready" once sshd accepts connections.
-    """
-    previous = {sig: signal.signal(sig, raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
-    sshd = None
-    try:
-        connection = connect_with_retry(leader, port, wait_s)
-        keep_alive(connection)
-        public_key = read_line(connection)
-        if authorized_keys is not None:
-            authorize_key(public_key, authorized_keys)
-        if sshd_command:
-            subprocess.run(["ssh-keygen", "-A"], check=True, stdout=subprocess.DEVNULL)  # this host's own keys
-            log.info("MPI worker: starting %s", shlex.join(sshd_command))
-            sshd = subprocess.Popen(sshd_command, start_new_session=True)
-            connect_with_retry("127.0.0.1", 22, 30).close()
-        connection.sendall(READY)
-        log.info("MPI worker: ready for leader %s, waiting for the job to end", leader)
-        wait_for_leader_to_finish(connection)
-        log.info("MPI worker: leader %s is done", leader)
-        return 0
-    except Stopped as stop:
-        log.warning("MPI worker: received %s, stopping", stop)
-        return 128 + signal.SIGTERM
-    finally:
-        if sshd is not None:
-            send_to_group(sshd.pid, signal.SIGTERM)
-            sshd.wait()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@dataclass
-class MpiWorkers:
-    """The leader's side: the sync listener and one open connection per ready worker host."""
-
-    listener: socket.socket
-    connections: list = field(default_factory=list)
-
-    def release(self) -> None:
-        """Closing the connections tells every worker host the job is over."""
-        for connection in self.connections:
-            connection.close()
-        self.listener.close()
-
-
-def wait_for_mpi_workers(port: int, workers: int, wait_s: float, public_key: bytes = b"") -> MpiWorkers:
-    """Leader: on the sync port, hand each worker host the job's public key and wait
-    for its "ready" (blocking accept and reads, with one deadline for all)."""
-    ready = MpiWorkers(socket.create_server(("", port)))
-    deadline = time.monotonic() + wait_s
-    while len(ready.connections) < workers:
-        try:
-            ready.listener.settimeout(max(deadline - time.monotonic(), 0.001))
-            connection, address = ready.listener.accept()
-            connection.settimeout(max(deadline - time.monotonic(), 0.001))
-            connection.sendall(public_key + b"\n")
-            if read_line(connection) + b"\n" != READY:
-                raise ConnectionError(f"worker {address[0]} did not say ready")
-            connection.settimeout(None)
-        except socket.timeout:
-            ready.release()
-            raise TimeoutError(
-                f"only {len(ready.connections)} of {workers} MPI worker hosts were ready within {wait_s:.0f} s"
-            ) from None
-        log.info("MPI leader: worker %s ready", address[0])
-        ready.connections.append(connection)
-    return ready
-
-
-# -- ending a multi-host job together ------------------------------------------------
-# SageMaker ends a job once every host's container has exited. Local mode's
-# `docker compose up --abort-on-container-exit` stops every host as soon as the
-# first one exits, cutting short the hosts still at work: a per-host job whose
-# hosts take different times lost the slower hosts' output, a torchrun host still
-# shutting down exited 143. So the hosts of a multi-host job (but MPI's, whose
-# worker hosts already wait for the leader) end together: each worker host holds
-# a connection to the first host while it works, says "done" at its end, and exits
-# when the first host closes; the first host closes once every worker host has
-# said so or gone. A host whose work failed does not wait: the job has failed.
-DONE = b"done\n"
-
-
-class FinishLine:
-    """The first host's side: accepts the worker hosts' connections while the job runs."""
-
-    def __init__(self, port: int, workers: int, wait_s: float):
-        self.workers = workers
-        self.connect_deadline = time.monotonic() + wait_s
-        self.listener = socket.create_server(("", port))
-        self.connections: list = []
-        self.arrived = threading.Condition()
-        threading.Thread(target=self._accept, name="finish-line", daemon=True).start()
-
-    def _accept(self) -> None:
-        while len(self.connections) < self.workers:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return  # closed by cross()
-            keep_alive(connection)
-            with self.arrived:
-                self.connections.append(connection)
-                self.arrived.notify_all()
-
-    def cross(self) -> int:
-        """Block until every worker host that connected has said done or gone; returns
-        how many said done. Hosts that never connected are waited for only until the
-        connect deadline (they may have failed to start)."""
-        log.info("waiting for the other %d host(s) to finish", self.workers)
-        with self.arrived:
-            self.arrived.wait_for(lambda: len(self.connections) >= self.workers,
-                                  timeout=max(0.0, self.connect_deadline - time.monotonic()))
-            connections = list(self.connections)
-        self.listener.close()
-        done = 0
-        for connection in connections:
-            try:
-                done += read_line(connection, limit=64) + b"\n" == DONE
-            except OSError:
-                pass  # that host failed or vanished: nothing to wait for
-        # Only now, with every host done: closing releases them all at once.
-        for connection in connections:
-            connection.close()
-        log.info("%d of %d other host(s) finished: the job is over", done, self.workers)
-        return done
-
-
-class FinishLineWorker:
-    """A worker host's side: connects to the first host in the background while it works."""
-
-    def __init__(self, leader: str, port: int, wait_s: float):
-        self.connection: socket.socket | None = None
-        self.thread = threading.Thread(target=self._connect, args=(leader, port, wait_s),
-                                       name="finish-line", daemon=True)
-        self.thread.start()
-
-    def _connect(self, leader: str, port: int, wait_s: float) -> None:
-        try:
-            self.connection = connect_with_retry(leader, port, wait_s)
-            keep_alive(self.connection)
-        except (TimeoutError, OSError) as error:
-            log.warning("cannot reach the first host to end the job together (%s): "
-                        "this host will exit when its own work ends", error)
-
-    def cross(self) -> None:
-        """Say done, then wait until the first host closes (every host is done)."""
-        log.info("waiting for the first host to end the job")
-        self.thread.join()
-        if self.connection is None:
-            return
-        try:
-            self.connection.sendall(DONE)
-        except OSError:
-            self.connection.close()
-            return
-        wait_for_leader_to_finish(self.connection)

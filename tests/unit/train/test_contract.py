@@ -1,6 +1,7 @@
 """The training contract read from a temporary /opt/ml tree."""
 
 import json
+import logging
 
 import pytest
 
@@ -220,6 +221,34 @@ def test_bad_hyperparameters(tmp_path, hyperparameters, expected):
 
 def test_bad_byoc_setting(tmp_path):
     assert "BYOC_STOP_GRACE_S" in reason(tmp_path, BYOC_STOP_GRACE_S="soon")
+
+
+@pytest.fixture
+def train_log(caplog):
+    """Warnings of the "train" logger (which `train` itself stops from propagating)."""
+    logger = logging.getLogger("train")
+    logger.addHandler(caplog.handler)
+    caplog.handler.setLevel(logging.WARNING)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def test_sync_port(tmp_path, train_log):
+    assert load(tmp_path).settings.sync_port == 29400
+    assert load(tmp_path, BYOC_SYNC_PORT="29411").settings.sync_port == 29411
+    assert "deprecated" not in train_log.text
+    assert "BYOC_SYNC_PORT" in reason(tmp_path, BYOC_SYNC_PORT="a port")
+
+
+def test_old_sync_port_name_is_a_deprecated_alias(tmp_path, train_log):
+    assert load(tmp_path, BYOC_MPI_SYNC_PORT="29412").settings.sync_port == 29412
+    assert "BYOC_MPI_SYNC_PORT is deprecated: set BYOC_SYNC_PORT instead" in train_log.text
+    assert "BYOC_MPI_SYNC_PORT" in reason(tmp_path, BYOC_MPI_SYNC_PORT="a port")
+
+
+def test_new_sync_port_name_wins_over_the_old(tmp_path, train_log):
+    assert load(tmp_path, BYOC_SYNC_PORT="29413", BYOC_MPI_SYNC_PORT="29412").settings.sync_port == 29413
+    assert "BYOC_MPI_SYNC_PORT is deprecated and ignored" in train_log.text
 
 
 # -- SM_* variables and arguments -----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Launcher command lines (pure) and the process runner."""
+"""Launcher command lines (pure), the process runner, and the hosts meeting on the sync port."""
 
 import dataclasses
 import shutil
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from train import launch
+from train import finish_line, launch, relay, rendezvous, sync
 from train.contract import Distribution, load_contract
 from train.launch import EntryPoint
 
@@ -184,7 +184,7 @@ def test_plan_mpi_processes_per_host_from_hyperparameter(tmp_path):
 
 def test_run_keeps_the_end_of_stderr_and_the_exit_code():
     code = "import sys; sys.stderr.write('x' * 20000 + 'THE END'); sys.exit(3)"
-    result = launch.run_relaying_signals([sys.executable, "-c", code], env=None, tail_bytes=100)
+    result = relay.run_relaying_signals([sys.executable, "-c", code], env=None, tail_bytes=100)
     assert result.returncode == 3
     assert result.stderr_tail.endswith("THE END") and len(result.stderr_tail) == 100
     assert result.stopped_by is None
@@ -192,11 +192,11 @@ def test_run_keeps_the_end_of_stderr_and_the_exit_code():
 
 def test_run_reports_death_by_signal_as_128_plus_n():
     code = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
-    assert launch.run_relaying_signals([sys.executable, "-c", code], env=None).returncode == 137
+    assert relay.run_relaying_signals([sys.executable, "-c", code], env=None).returncode == 137
 
 
 def test_stderr_tee_tail_is_bounded():
-    tee = launch.StderrTee(pipe=None, limit=10)
+    tee = relay.StderrTee(pipe=None, limit=10)
     for chunk in (b"abc", b"defgh", b"ijklmnop"):
         tee._keep(chunk)
     assert b"".join(tee.tail)[-10:] == b"ghijklmnop"
@@ -211,7 +211,7 @@ def test_mpi_worker_exits_when_leader_releases_it(tmp_path, free_port):
     leader_saw = {}
 
     def leader():
-        ready = launch.wait_for_mpi_workers(port, workers=1, wait_s=10, public_key=b"ssh-ed25519 AAAA job")
+        ready = rendezvous.wait_for_mpi_workers(port, workers=1, wait_s=10, public_key=b"ssh-ed25519 AAAA job")
         leader_saw["workers"] = len(ready.connections)
         time.sleep(0.3)  # "mpirun" runs; the worker must still be serving
         leader_saw["released_at"] = time.monotonic()
@@ -221,7 +221,7 @@ def test_mpi_worker_exits_when_leader_releases_it(tmp_path, free_port):
     thread.start()
     # the worker (main thread: it installs signal handlers) retries until the leader listens
     keys = tmp_path / "ssh" / "authorized_keys"
-    assert launch.serve_as_mpi_worker("127.0.0.1", port, wait_s=10, sshd_command=None, authorized_keys=keys) == 0
+    assert rendezvous.serve_as_mpi_worker("127.0.0.1", port, wait_s=10, sshd_command=None, authorized_keys=keys) == 0
     assert keys.read_text() == "ssh-ed25519 AAAA job\n"     # the job's key, handed over by the leader
     assert keys.stat().st_mode & 0o777 == 0o600
     assert time.monotonic() >= leader_saw["released_at"]
@@ -231,21 +231,21 @@ def test_mpi_worker_exits_when_leader_releases_it(tmp_path, free_port):
 
 def test_mpi_leader_gives_up_when_workers_do_not_come(free_port):
     with pytest.raises(TimeoutError, match="0 of 1 MPI worker hosts"):
-        launch.wait_for_mpi_workers(free_port(), workers=1, wait_s=0.2)
+        rendezvous.wait_for_mpi_workers(free_port(), workers=1, wait_s=0.2)
 
 
 def test_mpi_worker_gives_up_when_leader_never_comes(free_port):
     with pytest.raises(TimeoutError, match="not reachable"):
-        launch.connect_with_retry("127.0.0.1", free_port(), wait_s=0.5)
+        sync.connect_with_retry("127.0.0.1", free_port(), wait_s=0.5)
 
 
 def test_job_ssh_key_is_made_once_per_job(tmp_path):
     if shutil.which("ssh-keygen") is None:
         pytest.skip("ssh-keygen not installed")
     key = tmp_path / ".ssh" / "id_ed25519"
-    public = launch.make_job_ssh_key(key)
+    public = rendezvous.make_job_ssh_key(key)
     assert public.startswith(b"ssh-ed25519 ") and key.stat().st_mode & 0o777 == 0o600
-    assert launch.make_job_ssh_key(key) == public     # a rerun on the same host keeps it
+    assert rendezvous.make_job_ssh_key(key) == public     # a rerun on the same host keeps it
 
 
 # -- multi-host jobs end together ------------------------------------------------------
@@ -266,9 +266,9 @@ def _in_thread(fn):
 
 def test_hosts_end_together_when_the_slowest_one_is_done():
     port = _free_port()
-    leader = launch.FinishLine(port, workers=2, wait_s=30)
-    fast = launch.FinishLineWorker("127.0.0.1", port, wait_s=30)
-    slow = launch.FinishLineWorker("127.0.0.1", port, wait_s=30)
+    leader = finish_line.FinishLine(port, workers=2, wait_s=30)
+    fast = finish_line.FinishLineWorker("127.0.0.1", port, wait_s=30)
+    slow = finish_line.FinishLineWorker("127.0.0.1", port, wait_s=30)
     results = {}
     waiting = _in_thread(lambda: results.update(done=leader.cross()))
     fast_host = _in_thread(fast.cross)
@@ -285,8 +285,8 @@ def test_hosts_end_together_when_the_slowest_one_is_done():
 
 def test_a_worker_host_that_fails_does_not_hold_the_others():
     port = _free_port()
-    leader = launch.FinishLine(port, workers=1, wait_s=30)
-    failed = launch.FinishLineWorker("127.0.0.1", port, wait_s=30)
+    leader = finish_line.FinishLine(port, workers=1, wait_s=30)
+    failed = finish_line.FinishLineWorker("127.0.0.1", port, wait_s=30)
     failed.thread.join(10)
     failed.connection.close()          # its process exited without saying done
     started = time.monotonic()
@@ -295,14 +295,14 @@ def test_a_worker_host_that_fails_does_not_hold_the_others():
 
 
 def test_a_worker_host_that_never_connects_is_waited_for_only_until_the_deadline():
-    leader = launch.FinishLine(_free_port(), workers=1, wait_s=0.5)
+    leader = finish_line.FinishLine(_free_port(), workers=1, wait_s=0.5)
     started = time.monotonic()
     assert leader.cross() == 0
     assert time.monotonic() - started < 5
 
 
 def test_a_worker_host_that_cannot_reach_the_first_host_ends_on_its_own():
-    worker = launch.FinishLineWorker("127.0.0.1", _free_port(), wait_s=1)
+    worker = finish_line.FinishLineWorker("127.0.0.1", _free_port(), wait_s=1)
     done = _in_thread(worker.cross)
     done.join(10)
     assert not done.is_alive() and worker.connection is None
@@ -310,8 +310,8 @@ def test_a_worker_host_that_cannot_reach_the_first_host_ends_on_its_own():
 
 def test_the_first_host_failing_releases_the_worker_hosts():
     port = _free_port()
-    leader = launch.FinishLine(port, workers=1, wait_s=30)
-    worker = launch.FinishLineWorker("127.0.0.1", port, wait_s=30)
+    leader = finish_line.FinishLine(port, workers=1, wait_s=30)
+    worker = finish_line.FinishLineWorker("127.0.0.1", port, wait_s=30)
     worker.thread.join(10)
     time.sleep(0.2)                    # the leader's accept thread holds the connection
     for connection in leader.connections:
