@@ -312,6 +312,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+# The "auto" values that --help promises for --lr and --weight-decay. The learning rate needs
+# the world size, known once the processes are up, so the trainer resolves both when it starts.
+
+
+def resolve_lr(args: argparse.Namespace, world_size: int) -> float:
+    """``--lr``; auto: sgd 0.1 x global batch / 256 (the linear scaling rule), adamw/lamb 1e-3."""
+    if args.lr is not None:
+        return args.lr
+    world_batch = args.batch_size * world_size
+    return 0.1 * world_batch / 256 if args.optimizer == "sgd" else 1e-3
+
+
+def resolve_weight_decay(args: argparse.Namespace) -> float:
+    """``--weight-decay``; auto: sgd 1e-4, adamw/lamb 0.05."""
+    if args.weight_decay is not None:
+        return args.weight_decay
+    return 1e-4 if args.optimizer == "sgd" else 0.05
+
+
 class UsageError(Exception):
     """Bad input found after parsing (missing channel, unknown arch, unreadable data): exit 2."""
 

@@ -8,7 +8,6 @@ the position inside the epoch, so a resumed run continues with the very next bat
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import sys
@@ -23,8 +22,9 @@ from torch import nn
 from byoc.checkpoint import (INTERRUPTED_EXIT_CODE, Checkpointer, TerminationFlag, capture_rng_state,
                              capture_state, restore_rng_state, restore_state)
 
-from . import data, distributed, export, mixing, models, optim, parquet
-from .config import Paths, UsageError
+from . import data, distributed, export, mixing, models, optim, parquet, readers
+from .config import Paths, UsageError, resolve_lr, resolve_weight_decay
+from .losses import MultiHeadLoss, correct_count, hard_targets
 from .metrics import MetricsWriter, class_counts, format_line, macro_recall, metric_name, weighted_recall
 
 log = logging.getLogger(__name__)
@@ -76,66 +76,6 @@ def use_sync_bn(model: nn.Module, wanted: bool, ctx: distributed.Dist) -> tuple[
     return nn.SyncBatchNorm.convert_sync_batchnorm(model), "on"
 
 
-class MultiHeadLoss(nn.Module):
-    """Per-head cross-entropy, averaged with the head weights: sum(w_h * CE_h) / sum(w_h).
-
-    Weighted, so the training emphasis follows the reported metric (Bengali.AI's grapheme
-    root counts double); divided by the weight sum, so the loss stays on a single head's
-    scale and the usual learning rates still fit. Targets: int64 ``[N, heads]`` or a list of
-    per-head probability tensors (CutMix/MixUp)."""
-
-    def __init__(self, head_sizes: list[int], weights, label_smoothing: float = 0.0):
-        super().__init__()
-        self.head_sizes = list(head_sizes)
-        self.weights = [float(w) for w in weights]
-        self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-
-    def forward(self, logits: torch.Tensor, targets) -> torch.Tensor:
-        parts = torch.split(logits, self.head_sizes, dim=1)
-        if torch.is_tensor(targets):
-            targets = [targets[:, h] for h in range(targets.shape[1])]
-        total = sum(w * self.ce(p, t) for w, p, t in zip(self.weights, parts, targets))
-        return total / sum(self.weights)
-
-
-def hard_targets(targets) -> torch.Tensor:
-    """Class indices from int targets or soft (mixed) ones: ``[N]`` or ``[N, heads]``."""
-    if isinstance(targets, (list, tuple)):
-        return torch.stack([t.argmax(1) for t in targets], dim=1)
-    return targets.argmax(1) if targets.is_floating_point() else targets
-
-
-def correct_count(logits: torch.Tensor, targets: torch.Tensor, head_sizes: list[int]) -> torch.Tensor:
-    """Samples with every head right."""
-    if targets.ndim == 1:
-        return (logits.argmax(1) == targets).sum()
-    preds = torch.stack([p.argmax(1) for p in torch.split(logits, head_sizes, dim=1)], dim=1)
-    return (preds == targets).all(1).sum()
-
-
-class WarmupSchedule:
-    """LR factor per step: linear warm-up, then cosine to 0 or constant. Plain attributes, so
-    LambdaLR's state_dict stays loadable with weights_only=True."""
-
-    def __init__(self, total_steps: int, warmup_steps: int, cosine: bool):
-        self.total_steps, self.warmup_steps, self.cosine = total_steps, warmup_steps, cosine
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if not self.cosine:
-            return 1.0
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def make_scheduler(optimizer, schedule: str, lr: float, total_steps: int, warmup_steps: int):
-    if schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, total_steps))
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupSchedule(total_steps, warmup_steps, cosine=schedule == "cosine"))
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -151,7 +91,7 @@ class Trainer:
         parquet_options = parquet.ParquetOptions(
             label_columns=tuple(args.label_columns), image_column=args.image_column, id_column=args.id_column,
             pixel_shape=args.pixel_shape, labels_csv=args.labels_csv)
-        self.bundle = data.load_data(paths.channel, args.train_channel, args.val_channel, args.data_format,
+        self.bundle = readers.load_data(paths.channel, args.train_channel, args.val_channel, args.data_format,
                                      args.val_fraction, args.seed, parquet_options)
         if len(args.label_columns) > 1 and not self.bundle.heads:
             raise UsageError(f"--label-columns {','.join(args.label_columns)} (multi-head) needs parquet data; "
@@ -173,14 +113,13 @@ class Trainer:
         self._build_data()
         self._build_model()
 
-        world_batch = args.batch_size * ctx.world_size
-        self.lr = args.lr if args.lr is not None else (0.1 * world_batch / 256 if args.optimizer == "sgd" else 1e-3)
-        wd = args.weight_decay if args.weight_decay is not None else (1e-4 if args.optimizer == "sgd" else 0.05)
+        self.lr = resolve_lr(args, ctx.world_size)
+        wd = resolve_weight_decay(args)
         self.optimizer, self.optimizer_impl = optim.make_optimizer(self.model, args.optimizer, self.lr, wd,
                                                                    args.momentum, self.device)
         self.steps_per_epoch = self.train_batches.batches_per_epoch()
         self.total_steps = self.steps_per_epoch * args.epochs
-        self.scheduler = make_scheduler(self.optimizer, args.lr_schedule, self.lr, self.total_steps,
+        self.scheduler = optim.make_scheduler(self.optimizer, args.lr_schedule, self.lr, self.total_steps,
                                         int(round(args.warmup_epochs * self.steps_per_epoch)))
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         if self.multihead:

@@ -1,4 +1,6 @@
-"""Optimizer choice: apex's fused kernels when apex is there and the model is on a GPU, torch's
+"""The optimizer and its learning-rate schedule.
+
+Optimizer choice: apex's fused kernels when apex is there and the model is on a GPU, torch's
 fused/foreach implementations otherwise. ``make_optimizer`` returns the optimizer and a sentence
 saying which one was chosen and why, for the log.
 
@@ -8,11 +10,15 @@ saying which one was chosen and why, for the log.
 - sgd: torch's ``SGD(fused=True)`` / ``foreach``; apex's FusedSGD adds nothing torch's fused SGD
   lacks, so it is not used.
 apex is never imported at module import: it is optional, and the CPU image does not build it.
+
+Schedules (``--lr-schedule``), stepped once per optimizer step: cosine and constant after a
+linear warm-up (``WarmupSchedule`` in a LambdaLR), or torch's OneCycleLR.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 
 import torch
 from torch import nn
@@ -70,3 +76,29 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, 
                              "installed") from None
         return Lamb(groups, lr=lr), f"timm Lamb: {why_not}"
     raise UsageError(f"unknown optimizer {name!r}")
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+class WarmupSchedule:
+    """LR factor per step: linear warm-up, then cosine to 0 or constant. Plain attributes, so
+    LambdaLR's state_dict stays loadable with weights_only=True."""
+
+    def __init__(self, total_steps: int, warmup_steps: int, cosine: bool):
+        self.total_steps, self.warmup_steps, self.cosine = total_steps, warmup_steps, cosine
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if not self.cosine:
+            return 1.0
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(optimizer, schedule: str, lr: float, total_steps: int, warmup_steps: int):
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupSchedule(total_steps, warmup_steps, cosine=schedule == "cosine"))

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from train.classify.config import Paths, parse_args
+from train.classify.config import Paths, parse_args, resolve_lr, resolve_weight_decay
 
 
 def test_defaults_and_both_spellings():
@@ -85,3 +85,12 @@ def test_docs_table_is_the_help_text():
 
     docs = (Path(__file__).resolve().parents[3] / "docs/hyperparameters.md").read_text()
     assert help_markdown() in docs, "regenerate docs/hyperparameters.md from help_markdown()"
+
+
+def test_auto_lr_and_weight_decay_as_help_says():
+    sgd = parse_args(["--batch-size", "64"])
+    assert (resolve_lr(sgd, world_size=8), resolve_weight_decay(sgd)) == (0.2, 1e-4)  # 0.1 x 512 / 256
+    adamw = parse_args(["--optimizer", "adamw"])
+    assert (resolve_lr(adamw, world_size=8), resolve_weight_decay(adamw)) == (1e-3, 0.05)
+    given = parse_args(["--lr", "0.3", "--weight-decay", "0"])
+    assert (resolve_lr(given, world_size=8), resolve_weight_decay(given)) == (0.3, 0.0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from classify_testdata import digits, write_image_folder
-from train.classify import data
+from train.classify import data, readers
 from train.classify.config import UsageError
 
 
@@ -36,7 +36,7 @@ def write_idx(path, array, gz):
 def test_image_folder_with_split(tmp_path):
     images, labels = digits(per_class=20)
     write_image_folder(tmp_path / "train", images, labels)
-    b = data.load_data(channels(tmp_path), "train", "auto", "auto", 0.25, seed=0)
+    b = readers.load_data(channels(tmp_path), "train", "auto", "auto", 0.25, seed=0)
     assert b.format == "imagefolder" and b.classes == [str(i) for i in range(10)]
     assert (len(b.train), len(b.val)) == (150, 50)
     assert np.bincount(b.val.targets).tolist() == [5] * 10  # stratified
@@ -50,14 +50,14 @@ def test_validation_channel_is_aligned_to_train_classes(tmp_path):
     write_image_folder(tmp_path / "train", images, labels)
     keep = labels >= 7  # a validation set with only some classes
     write_image_folder(tmp_path / "validation", images[keep], labels[keep])
-    b = data.load_data(channels(tmp_path), "train", "auto", "auto", 0.1, seed=0)
+    b = readers.load_data(channels(tmp_path), "train", "auto", "auto", 0.1, seed=0)
     assert len(b.train) == 30 and sorted(set(b.val.targets.tolist())) == [7, 8, 9]
 
 
 def test_cifar_pickles(tmp_path):
     images, labels = digits(per_class=10)
     write_cifar10(tmp_path / "train" / "cifar-10-batches-py", images, labels)
-    b = data.load_data(channels(tmp_path), "train", "auto", "auto", 0.1, seed=0)
+    b = readers.load_data(channels(tmp_path), "train", "auto", "auto", 0.1, seed=0)
     assert b.format == "cifar" and b.classes[3] == "digit3"
     assert (len(b.train), len(b.val)) == (50, 50)
     x = b.train.image(0)
@@ -69,7 +69,7 @@ def test_cifar_refuses_code_in_pickles(tmp_path):
     with open(tmp_path / "train" / "data_batch_1", "wb") as f:
         pickle.dump({b"data": print}, f)  # a global outside the allow-list
     with pytest.raises(pickle.UnpicklingError):
-        data.load_data(channels(tmp_path), "train", "auto", "auto", 0.1, seed=0)
+        readers.load_data(channels(tmp_path), "train", "auto", "auto", 0.1, seed=0)
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -82,18 +82,18 @@ def test_mnist_idx(tmp_path, gz):
     write_idx(root / f"train-labels-idx1-ubyte{ext}", labels[:80], gz)
     write_idx(root / f"t10k-images-idx3-ubyte{ext}", images[80:], gz)
     write_idx(root / f"t10k-labels-idx1-ubyte{ext}", labels[80:], gz)
-    b = data.load_data(channels(tmp_path), "train", "auto", "auto", 0.1, seed=0)
+    b = readers.load_data(channels(tmp_path), "train", "auto", "auto", 0.1, seed=0)
     assert b.format == "mnist" and (len(b.train), len(b.val)) == (80, 20)
     assert b.train.image(0).shape == (3, 8, 8)
 
 
 def test_missing_or_unknown_channel(tmp_path):
     with pytest.raises(UsageError, match="'train' channel is missing"):
-        data.load_data(channels(tmp_path), "train", "auto", "auto", 0.1, seed=0)
+        readers.load_data(channels(tmp_path), "train", "auto", "auto", 0.1, seed=0)
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "readme.txt").write_text("hi")
     with pytest.raises(UsageError, match="cannot tell the data format"):
-        data.load_data(channels(tmp_path), "train", "auto", "auto", 0.1, seed=0)
+        readers.load_data(channels(tmp_path), "train", "auto", "auto", 0.1, seed=0)
 
 
 def test_epoch_batches_are_seeded_sharded_and_resumable():
@@ -113,7 +113,7 @@ def test_epoch_batches_are_seeded_sharded_and_resumable():
 
 def test_per_sample_seed_makes_augmentation_reproducible():
     images, labels = digits(per_class=2)
-    samples = data.Samples(images, labels, [str(i) for i in range(10)])
+    samples = readers.Samples(images, labels, [str(i) for i in range(10)])
     ds = data.TransformedDataset(samples, data.train_transform(16, 0.2, hflip=True))
     a, b, c = ds[(3, 123)][0], ds[(3, 123)][0], ds[(3, 124)][0]
     assert a.shape == (3, 16, 16) and a.dtype == torch.uint8

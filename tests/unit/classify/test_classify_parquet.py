@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from classify_testdata import digits, parity_heads, write_parquet_bytes, write_parquet_pixels
-from train.classify import data
+from train.classify import data, readers
 from train.classify.config import UsageError
 from train.classify.parquet import ParquetOptions
 
@@ -17,7 +17,7 @@ def channels(root):
 
 
 def load(root, **opts):
-    return data.load_data(channels(root), "train", "auto", "auto", 0.2, seed=0,
+    return readers.load_data(channels(root), "train", "auto", "auto", 0.2, seed=0,
                           parquet_options=ParquetOptions(**opts))
 
 

@@ -11,8 +11,9 @@ from torch import nn
 
 from train.classify import distributed, export, mixing, optim
 from train.classify.config import UsageError
-from train.classify.engine import (MultiHeadLoss, WarmupSchedule, correct_count, hard_targets, make_scheduler,
-                                   use_sync_bn)
+from train.classify.engine import use_sync_bn
+from train.classify.losses import MultiHeadLoss, correct_count, hard_targets
+from train.classify.optim import WarmupSchedule, make_scheduler
 from train.classify.metrics import class_counts, format_line, macro_recall, metric_name, weighted_recall
 from train.classify.models import build_model, split_heads
 
