@@ -4,6 +4,11 @@ The leader (the first host) runs mpirun, which reaches every worker host over ss
 worker host connects to the leader, receives the job's public key, authorizes it, starts
 sshd and says "ready"; it then holds the connection until the leader closes it (the job is
 over). The leader starts mpirun once every worker host is ready.
+
+The ssh key mpirun uses is made per job by the leader and handed to the workers over the
+sync connection, so no key is baked into the image. The trade-off: a worker trusts the key
+that the host named as the job's first host sends it; that host name resolves only inside
+the job's own network.
 """
 
 from __future__ import annotations
@@ -31,11 +36,7 @@ def raise_stopped(signum, frame):
     raise Stopped(signal.Signals(signum).name)
 
 
-# The ssh key mpirun uses is made per job by the leader and handed to the
-# workers over the sync connection, so no key is baked into the image. The
-# trade-off: a worker trusts the key that the host named as the job's first
-# host sends it; that host name resolves only inside the job's own network.
-READY = b"ready\n"
+READY = b"ready\n"  # a worker host's sshd accepts connections
 
 
 def make_job_ssh_key(private_key: Path) -> bytes:
