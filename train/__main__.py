@@ -18,7 +18,7 @@ import tarfile
 from pathlib import Path
 
 from byoc.layout import ml_root
-from train import finish_line, launch, outcome, relay, rendezvous
+from train import finish_line, launch, netif, outcome, relay, rendezvous
 from train.contract import Contract, load_contract
 from train.errors import ContractError
 
@@ -294,7 +294,7 @@ def main(argv: list | None = None) -> int:
     if not args.print_plan:
         outcome.clear_outcome(output_dir)
     try:
-        contract = load_contract(environ)
+        contract = netif.with_usable_interface(load_contract(environ))
         if not args.print_plan:
             prepare_code(contract)
         sm_env = contract.environment()
