@@ -18,6 +18,7 @@ VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/pyproject.toml" | head -n1)
 # buildx plugin refuses DOCKER_BUILDKIT=1 (see ../shared/recipes/README.md).
 DOCKER=${DOCKER:-$(if [ -x /usr/bin/docker ]; then echo /usr/bin/docker; else command -v docker || echo docker; fi)}
 VENV=${BYOC_VENV:-$ROOT/.venv}
+VENV_SDK3=${BYOC_SDK3_VENV:-$ROOT/.venv-sdk3}
 
 usage() {
   cat <<EOF
@@ -27,7 +28,10 @@ Commands:
   build [train|serve|all]   build the images (default: all)
   push  [train|serve|all]   tag with version, git sha and latest; push to Amazon ECR
                             (or to --registry HOST)
-  test  [pytest args]       set up .venv, build missing CPU-or-GPU images, run the tests
+  test  [pytest args]       set up .venv (and .venv-sdk3), build missing CPU-or-GPU images,
+                            run the tests: with no args, all of them (tests/*/*_sdk3.py
+                            with SDK v3 in .venv-sdk3, the rest with .venv); args naming
+                            a *_sdk3.py file first run in .venv-sdk3, others in .venv
   demo                      build, train on the bundled sample data, serve, predict a photo
   lint                      hadolint on docker/*.Dockerfile, shellcheck on the shell scripts
   tags                      print the tags that push would use (no side effects)
@@ -47,7 +51,8 @@ Options:
   --dry-run                 print the docker commands instead of running them
   -h, --help                this help
 
-Environment: FLAVOR, BASE_IMAGE, PIP_CERT, DOCKER (docker client), BYOC_VENV (test venv).
+Environment: FLAVOR, BASE_IMAGE, PIP_CERT, DOCKER (docker client), BYOC_VENV (test venv),
+             BYOC_SDK3_VENV (the SageMaker SDK v3 test venv, default .venv-sdk3).
 EOF
 }
 
@@ -241,6 +246,27 @@ ensure_venv() {
   fi
 }
 
+# SageMaker SDK v3 clashes with the v2 pin and the pyarrow pin (requirements-sdk3.txt says
+# how): its own venv, reusing .venv's packages through a .pth file, installs only the rest.
+ensure_venv_sdk3() {
+  if [ ! -x "$VENV_SDK3/bin/python" ]; then
+    log "creating the SDK v3 test venv $VENV_SDK3"
+    python3 -m venv "$VENV_SDK3"
+  fi
+  local site main_site
+  site=$("$VENV_SDK3/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  main_site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "$main_site" >"$site/byoc-main-venv.pth"
+  local stamp="$VENV_SDK3/.byoc-requirements.sha"
+  local want; want=$(cat "$ROOT"/requirements-sdk3.txt "$VENV/.byoc-requirements.sha" 2>/dev/null | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    local t0=$SECONDS
+    "$VENV_SDK3/bin/pip" install -q -r "$ROOT/requirements-sdk3.txt"
+    log "SDK v3 venv ready in $((SECONDS - t0)) s"
+    echo "$want" >"$stamp"
+  fi
+}
+
 ensure_images() {
   local t missing=()
   for t in "${TARGETS[@]}"; do
@@ -278,7 +304,20 @@ cmd_test() {
   BYOC_TRAIN_IMAGE=$(local_ref train); BYOC_SERVE_IMAGE=$(local_ref serve)
   export BYOC_TRAIN_IMAGE BYOC_SERVE_IMAGE BYOC_FLAVOR=$FLAVOR DOCKER
   cd "$ROOT"
-  exec "$VENV/bin/python" -m pytest "${EXTRA[@]}"
+  # tests/*/*_sdk3.py need SDK v3 (.venv-sdk3); everything else runs with .venv (SDK v2).
+  if [[ ${EXTRA[0]:-} == *_sdk3.py* ]]; then
+    ensure_venv_sdk3
+    exec "$VENV_SDK3/bin/python" -m pytest "${EXTRA[@]}"
+  fi
+  if [ ${#EXTRA[@]} -gt 0 ]; then
+    exec "$VENV/bin/python" -m pytest "${EXTRA[@]}"
+  fi
+  ensure_venv_sdk3
+  local rc=0
+  "$VENV/bin/python" -m pytest || rc=$?
+  log "SageMaker SDK v3 tests ($VENV_SDK3)"
+  "$VENV_SDK3/bin/python" -m pytest tests/*/test_*_sdk3.py || rc=$?
+  return $rc
 }
 
 # ------------------------------------------------------------------ demo / lint

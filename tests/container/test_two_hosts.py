@@ -48,16 +48,19 @@ print(f"{host}: my part is done", flush=True)
 """
 
 
-def job_tree(root, host, hyperparameters):
+def job_tree(root, host, hyperparameters, resources=None, plain_strings=False):
+    """An /opt/ml tree; hyperparameters JSON-encoded as SDK v2 writes them, or (plain_strings)
+    as SDK v3 does: str values as they are."""
     config = root / "input" / "config"
     config.mkdir(parents=True)
     (root / "code").mkdir()
     (root / "code" / "hvd.py").write_text(textwrap.dedent(HOROVOD_SCRIPT))
     (root / "code" / "ddp.py").write_text(textwrap.dedent(DDP_SCRIPT))
     (root / "code" / "part.py").write_text(textwrap.dedent(PER_HOST_SCRIPT))
-    (config / "resourceconfig.json").write_text(json.dumps(
-        {"current_host": host, "hosts": ["algo-1", "algo-2"], "network_interface_name": "eth0"}))
-    (config / "hyperparameters.json").write_text(json.dumps({k: json.dumps(v) for k, v in hyperparameters.items()}))
+    resources = resources or {"hosts": ["algo-1", "algo-2"], "network_interface_name": "eth0"}
+    (config / "resourceconfig.json").write_text(json.dumps({"current_host": host, **resources}))
+    (config / "hyperparameters.json").write_text(json.dumps(
+        {k: v if plain_strings and isinstance(v, str) else json.dumps(v) for k, v in hyperparameters.items()}))
     (config / "inputdataconfig.json").write_text("{}")
     return root
 
@@ -81,12 +84,12 @@ def container_of(base, host, run_env) -> str:
                           env=run_env).stdout.strip()
 
 
-def run_two_hosts(compose, tmp_path, hyperparameters, env=None, timeout=300):
+def run_two_hosts(compose, tmp_path, hyperparameters, env=None, timeout=300, resources=None, plain_strings=False):
     """`docker compose up -d` both hosts, then wait for both containers to exit (SageMaker waits
     for every host). Returns ({host: exit code}, {host: logs}, seconds until the last one exited)."""
     base, override = compose
     for host in ("algo-1", "algo-2"):
-        job_tree(tmp_path / host, host, hyperparameters)
+        job_tree(tmp_path / host, host, hyperparameters, resources, plain_strings)
     if env:
         services = json.loads(override.read_text())["services"]
         for service in services.values():
@@ -123,6 +126,19 @@ def test_ddp_over_gloo_with_torchrun_across_two_hosts(compose, tmp_path):
     codes, logs, _ = run_two_hosts(compose, tmp_path, hps)
     assert set(codes.values()) == {"0"}, {h: (codes[h], logs[h][-3000:]) for h in codes}
     assert "rank 0 of 2 on algo-1 sum 3" in logs["algo-1"]
+    assert "rank 1 of 2 on algo-2 sum 3" in logs["algo-2"]
+    assert (tmp_path / "algo-1" / "model" / "result.txt").read_text() == "3"
+
+
+def test_ddp_with_the_v3_sdks_resourceconfig_and_its_ethwe(compose, tmp_path):
+    """SDK v3's local mode writes network_interface_name "ethwe" (and plain-string hyperparameters);
+    the containers have eth0 only: train uses the interface that routes to algo-1, and says so."""
+    hps = {"sagemaker_program": "ddp.py", "sagemaker_torch_distributed_enabled": "true"}
+    v3 = {"hosts": ["algo-1", "algo-2"], "network_interface_name": "ethwe", "current_instance_type": "local"}
+    codes, logs, _ = run_two_hosts(compose, tmp_path, hps, resources=v3, plain_strings=True)
+    assert set(codes.values()) == {"0"}, {h: (codes[h], logs[h][-3000:]) for h in codes}
+    for host in ("algo-1", "algo-2"):
+        assert "network interface 'ethwe'" in logs[host] and "using eth0" in logs[host], logs[host][-3000:]
     assert "rank 1 of 2 on algo-2 sum 3" in logs["algo-2"]
     assert (tmp_path / "algo-1" / "model" / "result.txt").read_text() == "3"
 
