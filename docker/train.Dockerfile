@@ -29,6 +29,11 @@ RUN --mount=type=bind,source=docker/train,target=/tmp/train \
     --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
     --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
     bash /tmp/train/build-wheels.sh /wheels
+# mpi4py for SageMaker SDK v3's MPI driver, which runs `python -m mpi4py <script>`
+# (sagemaker-train's mpi_utils.get_mpirun_command); built against this OpenMPI.
+RUN --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
+    --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
+    . /opt/byoc/pip-env.sh && pip wheel -q --no-deps -w /wheels "mpi4py==4.1.2"
 
 # ---- the training image
 FROM runtime
