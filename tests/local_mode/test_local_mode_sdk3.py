@@ -70,7 +70,7 @@ def job_root(container_root):
 
 def model_trainer(image, root, role, count=1, **kwargs):
     from sagemaker.train import ModelTrainer
-    from sagemaker.train.configs import Compute
+    from sagemaker.core.training.configs import Compute
     from sagemaker.train.model_trainer import Mode
 
     return ModelTrainer(training_image=image, role=role, training_mode=Mode.LOCAL_CONTAINER,
@@ -79,7 +79,7 @@ def model_trainer(image, root, role, count=1, **kwargs):
 
 
 def channel(name, path):
-    from sagemaker.train.configs import InputData
+    from sagemaker.core.training.configs import InputData
 
     return InputData(channel_name=name, data_source=str(path))
 
@@ -124,7 +124,7 @@ def test_local_session_serves_the_trained_model(builtin_model, serve_image, role
     client, runtime = session.sagemaker_client, session.sagemaker_runtime_client
     before = {c["id"] for c in sdk_containers()}
     name = f"byoc-v3-{uuid.uuid4().hex[:6]}"
-    client.create_model(ModelName=name, PrimaryContainer={"Image": serve_image,
+    client.create_model(ModelName=name, PrimaryContainer={"Image": serve_image, "Environment": {},
                                                           "ModelDataUrl": f"file://{builtin_model[0]}"})
     client.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
         "VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": "local"}])
@@ -202,7 +202,7 @@ def make_source(root, requirements=True):
 
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_source_code_job_with_requirements_from_a_local_wheel(train_image, job_root, role):
-    from sagemaker.train.configs import SourceCode
+    from sagemaker.core.training.configs import SourceCode
 
     src = make_source(job_root)
     trainer = model_trainer(train_image, job_root, role, hyperparameters={"epochs": 3},
@@ -220,7 +220,7 @@ def test_source_code_job_with_requirements_from_a_local_wheel(train_image, job_r
 
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_source_code_job_failure(train_image, job_root, role, capfd):
-    from sagemaker.train.configs import SourceCode
+    from sagemaker.core.training.configs import SourceCode
 
     src = make_source(job_root, requirements=False)
     trainer = model_trainer(train_image, job_root, role, hyperparameters={"fail": "yes"},
@@ -248,7 +248,7 @@ dist.destroy_process_group()
 
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_source_code_with_torchrun_on_two_hosts(train_image, job_root, role, capfd):
-    from sagemaker.train.configs import SourceCode
+    from sagemaker.core.training.configs import SourceCode
     from sagemaker.train.distributed import Torchrun
 
     src = job_root.parent / f"src-{job_root.name}"
@@ -352,7 +352,7 @@ def run_and_stop(trainer, docker, root, inputs):
 def test_sigterm_never_reaches_a_source_code_script(docker, train_image, job_root, role):
     """Measured: under the SDK's drivers PID 1 is bash, which ignores SIGTERM; the script is
     SIGKILLed when the grace period ends (exit 137) without ever seeing the signal."""
-    from sagemaker.train.configs import SourceCode
+    from sagemaker.core.training.configs import SourceCode
 
     src = job_root.parent / f"src-{job_root.name}"
     src.mkdir()
