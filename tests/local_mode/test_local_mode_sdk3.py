@@ -205,8 +205,10 @@ def test_source_code_job_with_requirements_from_a_local_wheel(train_image, job_r
     from sagemaker.core.training.configs import SourceCode
 
     src = make_source(job_root)
+    # v3 installs requirements.txt only when SourceCode names it (v2 and train: when present)
     trainer = model_trainer(train_image, job_root, role, hyperparameters={"epochs": 3},
-                            source_code=SourceCode(source_dir=str(src), entry_script="train.py"))
+                            source_code=SourceCode(source_dir=str(src), entry_script="train.py",
+                                                   requirements="requirements.txt"))
     trainer.train(input_data_config=[channel("train", src / "wheels")])
     model, output = artifacts(job_root)
     seen = json.loads(read_member(model, "seen.json"))
