@@ -35,6 +35,7 @@ def src(tmp_path, monkeypatch):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train.py").write_text("print('train')\n")
     (tmp_path / "src" / "train_horovod.py").write_text("print('horovod')\n")
+    (tmp_path / "src" / "requirements.txt").write_text("timm\n")
     return tmp_path / "src"
 
 

@@ -5,6 +5,7 @@ answers SageMaker, S3 and STS in-process, every API call is recorded as the SDK 
 """
 import json
 
+import boto3
 import pytest
 
 from test_remote_sdk2 import (ACCOUNT, BUCKET, REGION, ROLE, SERVE_IMAGE, TRAIN_IMAGE,  # noqa: F401
@@ -14,8 +15,6 @@ DRIVER_ENTRYPOINT = ["/bin/bash"]
 
 
 def s3_text(uri, name):
-    import boto3
-
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     body = boto3.client("s3", region_name=REGION).get_object(Bucket=bucket, Key=f"{prefix}/{name}")["Body"]
     return body.read().decode()
@@ -48,7 +47,7 @@ def test_readme_sdk3_code_sends_what_it_claims(sagemaker_api, moto_describes_lik
     assert version("sagemaker").startswith("3."), version("sagemaker")
     exec(readme_snippet("remote-sdk3"), {"account": ACCOUNT, "region": REGION, "role": ROLE, "bucket": BUCKET})
 
-    builtin, ddp, drivers = sagemaker_api.sent("CreateTrainingJob")
+    builtin, ddp, hvd, drivers = sagemaker_api.sent("CreateTrainingJob")
     # the built-in trainer: our image and its own entrypoint, spot + checkpoints, metrics, TensorBoard
     spec = builtin["AlgorithmSpecification"]
     assert spec["TrainingImage"] == TRAIN_IMAGE and "ContainerEntrypoint" not in spec
@@ -63,28 +62,29 @@ def test_readme_sdk3_code_sends_what_it_claims(sagemaker_api, moto_describes_lik
     assert channels(builtin) == {"train": f"s3://{BUCKET}/pets/train"}
 
     # train in charge of a script: v2's hyperparameters, the source folder uploaded as a channel
-    assert "ContainerEntrypoint" not in ddp["AlgorithmSpecification"]
-    assert ddp["HyperParameters"] == {"epochs": "20", "sagemaker_program": "train.py",
-                                      "sagemaker_submit_directory": "/opt/ml/input/data/code",
-                                      "sagemaker_torch_distributed_enabled": "true"}
-    assert ddp["ResourceConfig"]["InstanceCount"] == 2
-    code = channels(ddp)["code"]
-    import boto3
-    bucket, _, prefix = code.removeprefix("s3://").partition("/")
-    keys = [o["Key"] for o in boto3.client("s3", region_name=REGION).list_objects_v2(
-        Bucket=bucket, Prefix=prefix)["Contents"]]
-    assert f"{prefix}/train.py" in keys, keys
+    s3 = boto3.client("s3", region_name=REGION)
+    for job, program, launcher in ((ddp, "train.py", {"sagemaker_torch_distributed_enabled": "true"}),
+                                   (hvd, "train_horovod.py", {"sagemaker_mpi_enabled": "true",
+                                                              "sagemaker_mpi_num_of_processes_per_host": "4"})):
+        assert job["AlgorithmSpecification"]["TrainingImage"] == TRAIN_IMAGE
+        assert "ContainerEntrypoint" not in job["AlgorithmSpecification"]
+        assert job["HyperParameters"] == {"epochs": "20", "sagemaker_program": program,
+                                          "sagemaker_submit_directory": "/opt/ml/input/data/code", **launcher}
+        assert job["ResourceConfig"]["InstanceCount"] == 2
+        bucket, _, prefix = channels(job)["code"].removeprefix("s3://").partition("/")
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
+        assert f"{prefix}/{program}" in keys, keys
 
-    # the SDK's drivers: its bash entrypoint, the MPI driver with 4 processes per host
+    # the SDK's drivers: its bash entrypoint, the torchrun driver, requirements.txt named
     spec = drivers["AlgorithmSpecification"]
     assert spec["TrainingImage"] == TRAIN_IMAGE
     assert spec["ContainerEntrypoint"] == DRIVER_ENTRYPOINT
     assert "sm_drivers/sm_train.sh" in spec["ContainerArguments"][-1]
     assert drivers["HyperParameters"] == {"epochs": "20"}
     sm_drivers = channels(drivers)["sm_drivers"]
-    assert json.loads(s3_text(sm_drivers, "sourcecode.json"))["entry_script"] == "train_horovod.py"
-    assert json.loads(s3_text(sm_drivers, "distributed.json"))["process_count_per_node"] == 4
-    assert "distributed_drivers/mpi_driver.py" in s3_text(sm_drivers, "sm_train.sh")
+    assert json.loads(s3_text(sm_drivers, "sourcecode.json"))["entry_script"] == "train.py"
+    script = s3_text(sm_drivers, "sm_train.sh")
+    assert "distributed_drivers/torchrun_driver.py" in script and "install_requirements.py requirements.txt" in script
 
     # serving: the model on our serving image, its endpoint config and endpoint
     (model,) = sagemaker_api.sent("CreateModel")
