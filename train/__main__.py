@@ -30,7 +30,8 @@ What it reads (as SageMaker, local mode or `docker run` provide it):
   /opt/ml/input/config/hyperparameters.json  values JSON-decoded; the user's ones become
                                              `--name value` arguments and SM_HP_<NAME>
   /opt/ml/input/config/resourceconfig.json   hosts, current_host, network_interface_name
-                                             (absent: one host, algo-1)
+                                             (absent: one host, algo-1; an interface this
+                                             container lacks: the one routing to the first host)
   /opt/ml/input/config/inputdataconfig.json  declared channels; each must be a non-empty
                                              folder /opt/ml/input/data/<channel>
                                              (absent: the folders found there)

@@ -3,6 +3,7 @@ with its own /opt/ml and resourceconfig.json, started with docker compose from
 docker/compose/two-hosts.yml, the file users run."""
 import json
 import os
+import shutil
 import subprocess
 import textwrap
 import time
@@ -23,19 +24,7 @@ if hvd.rank() == 0:
 """
 
 
-DDP_SCRIPT = """
-import os, socket, sys, torch, torch.distributed as dist
-dist.init_process_group("gloo")
-rank, world = dist.get_rank(), dist.get_world_size()
-if os.environ.get("FAIL_RANK") == str(rank):
-    raise RuntimeError(f"rank {rank} cannot go on: bad shard")
-total = torch.tensor([float(rank + 1)])
-dist.all_reduce(total)
-print(f"rank {rank} of {world} on {socket.gethostname()} sum {int(total.item())}", flush=True)
-if rank == 0:
-    open(os.path.join(os.environ["SM_MODEL_DIR"], "result.txt"), "w").write(str(int(total.item())))
-dist.destroy_process_group()
-"""
+DDP_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ddp_sum.py"
 
 
 # No distribution: each host does its own part (a shard, a fold), algo-2 takes longer.
@@ -55,7 +44,7 @@ def job_tree(root, host, hyperparameters, resources=None, plain_strings=False):
     config.mkdir(parents=True)
     (root / "code").mkdir()
     (root / "code" / "hvd.py").write_text(textwrap.dedent(HOROVOD_SCRIPT))
-    (root / "code" / "ddp.py").write_text(textwrap.dedent(DDP_SCRIPT))
+    shutil.copy(DDP_SCRIPT, root / "code" / "ddp.py")
     (root / "code" / "part.py").write_text(textwrap.dedent(PER_HOST_SCRIPT))
     resources = resources or {"hosts": ["algo-1", "algo-2"], "network_interface_name": "eth0"}
     (config / "resourceconfig.json").write_text(json.dumps({"current_host": host, **resources}))

@@ -20,15 +20,16 @@ call (conftest.py). What v3 does differently from v2, and what these tests pin d
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
-import tarfile
-import textwrap
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
+from test_local_mode import members, read_member  # the v2 tests' tar helpers
 
 pytestmark = pytest.mark.local_mode_v3
 
@@ -36,19 +37,6 @@ CLASSES = {"brick", "grass", "gravel"}
 BUILTIN = {"arch": "resnet18", "image-size": "64", "epochs": "1", "batch-size": "16",
            "lr": "0.05", "val-fraction": "0.2", "seed": "0"}
 JOB_TIMEOUT = 900  # seconds, on 2 busy cores
-
-
-def members(tar_path):
-    with tarfile.open(tar_path) as tar:
-        return {m.name.removeprefix("./") for m in tar.getmembers()}
-
-
-def read_member(tar_path, name):
-    with tarfile.open(tar_path) as tar:
-        for m in tar.getmembers():
-            if m.name.removeprefix("./") == name:
-                return tar.extractfile(m).read().decode()
-    raise AssertionError(f"{name} not in {tar_path}: {sorted(members(tar_path))}")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -235,17 +223,7 @@ def test_source_code_job_failure(train_image, job_root, role, capfd):
     assert "CalledProcessError" in failure and "byoc-v3: the data has no label column" not in failure, failure
 
 
-DDP_PY = '''\
-import os, socket, torch, torch.distributed as dist
-dist.init_process_group("gloo")
-rank, world = dist.get_rank(), dist.get_world_size()
-total = torch.tensor([float(rank + 1)])
-dist.all_reduce(total)
-print(f"rank {rank} of {world} on {socket.gethostname()} sum {int(total.item())}", flush=True)
-if rank == 0:
-    open(os.path.join(os.environ["SM_MODEL_DIR"], "result.txt"), "w").write(str(int(total.item())))
-dist.destroy_process_group()
-'''
+DDP_PY = Path(__file__).resolve().parents[1] / "scripts" / "ddp_sum.py"
 
 
 @pytest.mark.timeout(JOB_TIMEOUT)
@@ -255,7 +233,7 @@ def test_source_code_with_torchrun_on_two_hosts(train_image, job_root, role, cap
 
     src = job_root.parent / f"src-{job_root.name}"
     src.mkdir()
-    (src / "ddp.py").write_text(DDP_PY)
+    shutil.copy(DDP_PY, src / "ddp.py")
     trainer = model_trainer(train_image, job_root, role, count=2, distributed=Torchrun(),
                             source_code=SourceCode(source_dir=str(src), entry_script="ddp.py"))
     trainer.train(input_data_config=[channel("train", src)])

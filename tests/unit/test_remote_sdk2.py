@@ -28,6 +28,20 @@ def check_metric_definitions(definitions):
     assert found == pytest.approx(EXPECTED_METRICS), (METRIC_LINE, found)
 
 
+def check_serving(api):
+    """README's serving code: the model on our serving image, its endpoint config and endpoint."""
+    (model,) = api.sent("CreateModel")
+    assert model["PrimaryContainer"]["Image"] == SERVE_IMAGE
+    assert model["PrimaryContainer"]["ModelDataUrl"] == f"s3://{BUCKET}/models/pets/output/model.tar.gz"
+    assert model["ExecutionRoleArn"] == ROLE and model["ModelName"] == "pets"
+    (config,) = api.sent("CreateEndpointConfig")
+    (variant,) = config["ProductionVariants"]
+    assert variant["ModelName"] == "pets" and variant["InstanceType"] == "ml.c5.xlarge"
+    assert variant["InitialInstanceCount"] == 1
+    (endpoint,) = api.sent("CreateEndpoint")
+    assert endpoint["EndpointName"] == "pets" and endpoint["EndpointConfigName"] == config["EndpointConfigName"]
+
+
 @pytest.fixture
 def src(tmp_path, monkeypatch):
     """The `src` folder README's code names, in the working directory."""
@@ -84,14 +98,4 @@ def test_readme_sdk2_code_sends_what_it_claims(sagemaker_api, readme_snippet, sr
     assert "sagemaker_mpi_enabled" not in ddp["HyperParameters"]
     assert "sagemaker_torch_distributed_enabled" not in hvd["HyperParameters"]
 
-    # serving: the model on our serving image, its endpoint config and endpoint
-    (model,) = sagemaker_api.sent("CreateModel")
-    assert model["PrimaryContainer"]["Image"] == SERVE_IMAGE
-    assert model["PrimaryContainer"]["ModelDataUrl"] == f"s3://{BUCKET}/models/pets/output/model.tar.gz"
-    assert model["ExecutionRoleArn"] == ROLE
-    (config,) = sagemaker_api.sent("CreateEndpointConfig")
-    (variant,) = config["ProductionVariants"]
-    assert variant["ModelName"] == model["ModelName"] and variant["InstanceType"] == "ml.c5.xlarge"
-    (endpoint,) = sagemaker_api.sent("CreateEndpoint")
-    assert endpoint == {"EndpointName": "pets", "EndpointConfigName": config["EndpointConfigName"],
-                        **({"Tags": endpoint["Tags"]} if "Tags" in endpoint else {})}
+    check_serving(sagemaker_api)

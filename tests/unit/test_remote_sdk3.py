@@ -8,8 +8,8 @@ import json
 import boto3
 import pytest
 
-from test_remote_sdk2 import (ACCOUNT, BUCKET, REGION, ROLE, SERVE_IMAGE, TRAIN_IMAGE,  # noqa: F401
-                              check_metric_definitions, src)
+from test_remote_sdk2 import (ACCOUNT, BUCKET, REGION, ROLE, TRAIN_IMAGE,  # noqa: F401 (src: a fixture)
+                              check_metric_definitions, check_serving, src)
 
 DRIVER_ENTRYPOINT = ["/bin/bash"]
 
@@ -86,13 +86,4 @@ def test_readme_sdk3_code_sends_what_it_claims(sagemaker_api, moto_describes_lik
     script = s3_text(sm_drivers, "sm_train.sh")
     assert "distributed_drivers/torchrun_driver.py" in script and "install_requirements.py requirements.txt" in script
 
-    # serving: the model on our serving image, its endpoint config and endpoint
-    (model,) = sagemaker_api.sent("CreateModel")
-    assert model["PrimaryContainer"]["Image"] == SERVE_IMAGE
-    assert model["PrimaryContainer"]["ModelDataUrl"] == f"s3://{BUCKET}/models/pets/output/model.tar.gz"
-    assert model["ExecutionRoleArn"] == ROLE
-    (config,) = sagemaker_api.sent("CreateEndpointConfig")
-    (variant,) = config["ProductionVariants"]
-    assert variant["ModelName"] == "pets" and variant["InstanceType"] == "ml.c5.xlarge"
-    (endpoint,) = sagemaker_api.sent("CreateEndpoint")
-    assert endpoint["EndpointName"] == "pets" and endpoint["EndpointConfigName"] == "pets"
+    check_serving(sagemaker_api)
