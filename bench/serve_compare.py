@@ -106,8 +106,7 @@ def build_model_dirs(root: Path) -> dict:
     with the workshop inference.py, and with model.json only (default handler)."""
     import torch
 
-    from train.classify.export import export_model, model_spec
-    from train.classify.models import build_model
+    from byoc.artifact import build_model, model_spec, write
 
     torch.manual_seed(0)
     spec = model_spec(arch="resnet18", library="torchvision", classes=[f"class_{i}" for i in range(1000)],
@@ -115,7 +114,7 @@ def build_model_dirs(root: Path) -> dict:
                       eval_crop_ratio=224 / 256)
     model = build_model(spec).eval()
     workshop, default = root / "workshop", root / "default-handler"
-    export_model(model, spec, workshop)
+    write(model, spec, workshop)
     (workshop / "code" / "inference.py").write_text(WORKSHOP_INFERENCE)
     shutil.copytree(workshop, default)
     shutil.rmtree(default / "code")

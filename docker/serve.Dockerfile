@@ -35,14 +35,16 @@ RUN --mount=type=bind,source=docker/serve,target=/tmp/serve \
     --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
     bash /tmp/serve/install.sh
 COPY --from=plugins /plugins /opt/byoc/ts-plugins
+# The project without train/: serving rebuilds the network from byoc.artifact.
+# The project's `train` command goes too (its package is not here).
 COPY pyproject.toml /tmp/src/
-COPY train /tmp/src/train
 COPY serve /tmp/src/serve
 COPY handlers /tmp/src/handlers
 COPY byoc /tmp/src/byoc
 RUN --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
     --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
-    . /opt/byoc/pip-env.sh && pip install -q --no-deps /tmp/src && rm -rf /tmp/src
+    . /opt/byoc/pip-env.sh && pip install -q --no-deps /tmp/src && rm -rf /tmp/src \
+    && rm /opt/venv/bin/train
 ENV TEMP=/home/model-server/tmp
 USER 1000:1000
 WORKDIR /home/model-server

@@ -1,12 +1,12 @@
-"""What the default handlers share: model.json, the device, rebuilding the network."""
+"""What the default handlers share: model.json of the served model, the device."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 import torch
 
+from byoc import artifact
 from serve import request_params
 from serve.errors import BadRequest
 
@@ -19,8 +19,11 @@ def model_dir_of(context=None) -> str:
 
 @functools.lru_cache(maxsize=4)
 def read_spec(model_dir: str) -> dict:
-    with open(os.path.join(model_dir, "model.json")) as f:
-        return json.load(f)
+    """model.json of a model the default image handlers serve, which must have one."""
+    spec = artifact.read_spec(model_dir)
+    if spec is None:
+        raise FileNotFoundError(f"no {artifact.SPEC_FILE} in {model_dir}")
+    return spec
 
 
 def spec_for(context=None) -> dict:
@@ -37,14 +40,7 @@ def device() -> torch.device:
 
 def load_network(model_dir: str) -> torch.nn.Module:
     """Rebuild the network from model.json and load its weights (eval mode)."""
-    spec = read_spec(model_dir)
-    from train.classify.models import build_model  # lazily: the trainer's registry
-
-    model = build_model(spec)
-    weights = os.path.join(model_dir, spec.get("weights") or "model.pt")
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
+    return artifact.load_model(model_dir, read_spec(model_dir))
 
 
 def batch_sizes(inputs: list[torch.Tensor]) -> list[int]:

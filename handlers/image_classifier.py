@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from byoc import artifact
 from handlers import common
 from serve import codecs
 from serve.errors import BadRequest
@@ -32,11 +33,11 @@ def model_fn(model_dir: str, context=None) -> torch.nn.Module:
 
 def input_fn(body, content_type: str, context=None) -> torch.Tensor:
     """One request -> float tensor N x C x H x W in [0, 1] at the model's size."""
-    spec = common.spec_for(context)
-    channels, height, width = spec["input_size"]
+    transform = artifact.EvalTransform.from_spec(common.spec_for(context))
     if content_type in codecs.IMAGE_TYPES:
-        return _from_image(body, content_type, channels, height, width, spec.get("eval_crop_ratio", 1.0))
+        return _from_image(body, content_type, transform)
     if content_type in (codecs.NPY, codecs.JSON):
+        channels, (height, width) = transform.channels, transform.crop_size
         return _from_array(codecs.decode_array(body, content_type), channels, height, width)
     codecs.require_type(content_type, codecs.IMAGE_TYPES + (codecs.NPY, codecs.JSON))
 
@@ -65,35 +66,17 @@ def output_fn(prediction: torch.Tensor, accept: str, context=None):
 
 
 # ---------------------------------------------------------------- helpers
-def _from_image(body, content_type, channels, height, width, crop_ratio=1.0) -> torch.Tensor:
-    """Decode, then the trainer's evaluation transform: shorter side to
-    size / crop_ratio, center crop to size (ratio 1: the whole image, squeezed)."""
+def _from_image(body, content_type, transform: artifact.EvalTransform) -> torch.Tensor:
+    """Decode, then the trainer's evaluation transform (byoc.artifact.EvalTransform)."""
+    height, width = transform.crop_size
     img = codecs.decode_image(body, content_type, draft=(width, height))
-    if channels == 1:
+    if transform.channels == 1:
         img = img.convert("L")
-    elif channels != 3:
-        raise BadRequest(f"the model takes {channels}-channel arrays, not images")
-    from PIL import Image
-
-    if crop_ratio >= 1.0:
-        img = img.resize((width, height), Image.BILINEAR)
-    else:
-        img = _resize_center_crop(img, height, width, crop_ratio)
-    arr = np.asarray(img, dtype=np.uint8)
+    elif transform.channels != 3:
+        raise BadRequest(f"the model takes {transform.channels}-channel arrays, not images")
+    arr = np.asarray(transform.pil(img), dtype=np.uint8)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(arr.copy()).unsqueeze(0).float().div_(255)
-
-
-def _resize_center_crop(img, height, width, crop_ratio):
-    from PIL import Image
-
-    short = max(height, width, int(round(min(height, width) / crop_ratio)))
-    scale = short / min(img.size)
-    size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
-    img = img.resize(size, Image.BILINEAR, reducing_gap=3.0)
-    # torchvision's CenterCrop rounds the offset (round half to even): the same pixels as training
-    left, top = int(round((img.width - width) / 2.0)), int(round((img.height - height) / 2.0))
-    return img.crop((left, top, left + width, top + height))
 
 
 def _from_array(arr: np.ndarray, channels, height, width) -> torch.Tensor:
@@ -123,9 +106,7 @@ def _stats(model, x, context) -> tuple[torch.Tensor, torch.Tensor]:
     cached = getattr(model, "_byoc_norm", None)
     if cached is None or cached[0].device != x.device:
         spec = getattr(model, "_byoc_spec", None) or common.spec_for(context)
-        mean = torch.tensor(spec.get("mean") or [0.0] * x.shape[1], device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(spec.get("std") or [1.0] * x.shape[1], device=x.device).view(1, -1, 1, 1)
-        cached = (mean, std)
+        cached = artifact.EvalTransform.from_spec(spec).stats(x.device, channels=x.shape[1])
         model._byoc_norm = cached
     return cached
 

@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import torch
 
+from byoc import artifact
 from handlers import common
 from handlers.image_classifier import forward, input_fn, model_fn  # noqa: F401  (same decoding and network)
 from serve import codecs
 from serve.user_module import batched
 
 
-def _head_sizes(spec: dict) -> list[int]:
-    from train.classify.models import head_sizes  # lazily: the trainer's model registry
-
-    return head_sizes(spec)
-
-
 @batched
 def predict_fn(inputs: list[torch.Tensor], model, context=None) -> list[torch.Tensor]:
     """One forward pass for the batch; softmax within each head."""
     spec = getattr(model, "_byoc_spec", None) or common.spec_for(context)
-    heads = torch.split(forward(inputs, model, context), _head_sizes(spec), dim=1)
+    heads = torch.split(forward(inputs, model, context), artifact.head_sizes(spec), dim=1)
     probs = torch.cat([torch.softmax(h, dim=1) for h in heads], dim=1).cpu()
     return list(torch.split(probs, common.batch_sizes(inputs)))
 
@@ -40,7 +35,7 @@ def output_fn(prediction: torch.Tensor, accept: str, context=None):
         return codecs.encode(prediction.numpy(), accept), accept
     spec = common.spec_for(context)
     per_head = {}
-    for head, probs in zip(spec["heads"], torch.split(prediction, _head_sizes(spec), dim=1)):
+    for head, probs in zip(spec["heads"], torch.split(prediction, artifact.head_sizes(spec), dim=1)):
         per_head[head["name"]] = common.ranked(probs, head.get("classes") or [], common.topk(probs.shape[1]))
     rows = [{name: ranked[i] for name, ranked in per_head.items()} for i in range(prediction.shape[0])]
     result = rows[0] if len(rows) == 1 else rows

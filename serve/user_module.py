@@ -16,13 +16,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import json
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, Optional
+
+from byoc import artifact
 
 logger = logging.getLogger(__name__)
 
@@ -49,26 +50,10 @@ class Functions:
         return bool(getattr(self.predict_fn, "batched", False))
 
 
-def read_spec(model_dir: str) -> dict | None:
-    """model.json as a dict, or None when the model has none."""
-    path = os.path.join(model_dir, "model.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def default_module_name(spec: dict | None) -> str:
-    """The built-in handler for a model.json (raw tensors when there is none)."""
-    if spec and spec.get("task") == "image-classification":
-        return "handlers.multihead" if spec.get("heads") else "handlers.image_classifier"
-    return "handlers.tensor"
-
-
 def load_user_module(model_dir: str, program: str) -> ModuleType | None:
     """Import <model_dir>/code/<program> (None if absent), with code/ on sys.path
     so it can import its sibling modules, as SageMaker does."""
-    code_dir = os.path.join(model_dir, "code")
+    code_dir = artifact.code_dir(model_dir)
     path = os.path.join(code_dir, program)
     if not os.path.isfile(path):
         return None
@@ -84,7 +69,7 @@ def load_user_module(model_dir: str, program: str) -> ModuleType | None:
 
 def resolve(model_dir: str, program: str = "inference.py") -> Functions:
     user = load_user_module(model_dir, program)
-    default_name = default_module_name(read_spec(model_dir))
+    default_name = artifact.default_handler(artifact.read_spec(model_dir))
     chosen, origin = {}, {}
     for name in FUNCTIONS:
         fn = getattr(user, name, None) if user else None

@@ -14,17 +14,13 @@ on all 1,797 digits, as serving would.
 import json
 import re
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1].parent
-sys.path.insert(0, str(ROOT / "tests/unit/classify"))  # the digits writers shared with the unit tests
-from classify_testdata import (digits, parity_heads, write_image_folder, write_parquet_bytes,  # noqa: E402
-                               write_parquet_pixels)
+from support.classify_data import digits, parity_heads, write_image_folder, write_parquet_bytes, write_parquet_pixels
 
 torch = pytest.importorskip("torch")
 
@@ -63,8 +59,7 @@ def last_epoch(log: str) -> dict:
 
 def host_logits(model_dir: Path, images: np.ndarray):
     """What serving does: build_model(model.json), load model.pt weights-only, eval transform."""
-    from train.classify.data import eval_transform
-    from train.classify.models import build_model
+    from byoc.artifact import build_model, eval_transform
 
     spec = json.loads((model_dir / "model.json").read_text())
     model = build_model(spec).eval()
@@ -128,7 +123,7 @@ def test_bengali_parquet_two_heads(docker, train_image, serve_image, tmp_path, f
         {"name": "digit", "num_classes": 10, "classes": [str(i) for i in range(10)], "weight": 2.0},
         {"name": "high", "num_classes": 2, "classes": ["0", "1"], "weight": 1.0}]
     assert "from handlers.multihead import model_fn" in (model / "code/inference.py").read_text()
-    from train.classify.models import split_heads
+    from byoc.artifact import split_heads
 
     digit_logits, high_logits = split_heads(logits, spec)
     digit_acc = float((digit_logits.argmax(1).numpy() == heads["digit"]).mean())
@@ -150,7 +145,7 @@ def served_answers(docker, serve_image, model: Path, images: np.ndarray, port: i
     import io
 
     import requests
-    from containers import start_serve, wait_healthy
+    from support.containers import start_serve, wait_healthy
     from PIL import Image
 
     for p in [model, *model.rglob("*")]:

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from containers import run_in
+from support.containers import run_in
 
 
 def inspect(docker, image):
@@ -70,6 +70,15 @@ def test_serve_image_has_java_17_and_torchserve_0_12(docker, serve_image):
     imports = run_in(docker, serve_image, "python", "-c",
                      "import torch, yaml, sagemaker_inference, serve.handler, handlers.image_classifier")
     assert imports.returncode == 0, imports.stderr
+
+
+def test_serve_image_has_no_trainer(docker, serve_image):
+    """Serving needs byoc (the model artifact), serve and handlers; not the trainer's package."""
+    ours = run_in(docker, serve_image, "python", "-c", "import byoc.artifact, serve, handlers.multihead")
+    assert ours.returncode == 0, ours.stderr
+    trainer = run_in(docker, serve_image, "python", "-c", "import train")
+    assert trainer.returncode != 0 and "No module named 'train'" in trainer.stderr, trainer.stdout + trainer.stderr
+    assert run_in(docker, serve_image, "sh", "-c", "command -v train").returncode != 0
 
 
 def test_serve_runs_as_non_root(docker, serve_image):

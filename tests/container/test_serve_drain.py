@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import requests
 
-from containers import classifier_model_dir, logs_of, start_serve, wait_healthy
+from support.containers import classifier_model_dir, logs_of, start_serve, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "samples" / "photos").glob("*.jpg"))

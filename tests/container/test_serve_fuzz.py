@@ -21,7 +21,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from containers import classifier_model_dir, logs_of, start_serve, wait_healthy
+from support.containers import classifier_model_dir, logs_of, start_serve, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "samples" / "photos").glob("*.jpg"))

@@ -13,7 +13,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from containers import classifier_model_dir, container_memory, logs_of, start_serve, wait_healthy
+from support.containers import classifier_model_dir, container_memory, logs_of, start_serve, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "samples" / "photos").glob("*.jpg"))

@@ -15,7 +15,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,9 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1].parent
-sys.path.insert(0, str(ROOT / "tests/unit/classify"))  # the digits writers shared with the unit tests
-from classify_testdata import digits, write_image_folder  # noqa: E402
+from support.classify_data import digits, write_image_folder
 
 torch = pytest.importorskip("torch")
 

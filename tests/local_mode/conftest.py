@@ -12,12 +12,12 @@ telemetry opted out, so nothing here reaches (or needs) an AWS account.
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-DOCKER = os.environ.get("DOCKER") or ("/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker")
+from support.docker import DOCKER, require_docker, run_docker, serve_image, train_image  # noqa: F401  (fixtures)
+
 # local mode names its compose network this way, always (sagemaker/local/image.py)
 SDK_NETWORK = "sagemaker-local"
 COMPOSE_DIR_LABEL = "com.docker.compose.project.working_dir"
@@ -30,51 +30,19 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.local_mode)
 
 
-def _docker(*args, check=True):
-    return subprocess.run([DOCKER, *args], capture_output=True, text=True, check=check)
-
-
 @pytest.fixture(scope="session")
 def docker():
-    problem = None
-    if not shutil.which(DOCKER):
-        problem = f"docker client {DOCKER} not found"
-    elif _docker("info", check=False).returncode != 0:
-        problem = "the docker daemon does not answer"
-    elif _docker("compose", "version", check=False).returncode != 0:
-        problem = "docker compose (v2 plugin) is missing: SageMaker local mode needs it"
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"local mode tests need docker in CI: {problem}")
-        pytest.skip(problem)
-    return DOCKER
-
-
-def _image(docker, var, default):
-    ref = os.environ.get(var, default)
-    if _docker("image", "inspect", ref, check=False).returncode != 0:
-        pytest.fail(f"image {ref} is not built: run ./build.sh build (or ./build.sh test, which builds it)")
-    return ref
-
-
-@pytest.fixture(scope="session")
-def train_image(docker):
-    return _image(docker, "BYOC_TRAIN_IMAGE", "pytorch-byoc-train:cpu")
-
-
-@pytest.fixture(scope="session")
-def serve_image(docker):
-    return _image(docker, "BYOC_SERVE_IMAGE", "pytorch-byoc-serve:cpu")
+    return require_docker("local mode tests", compose=True)
 
 
 def compose_containers(root):
     """Containers of the SDK's compose projects whose files lie under `root`:
     [{"id", "name", "exit_code", "running"}]."""
-    ids = _docker("ps", "-aq", "--filter", f"label={COMPOSE_DIR_LABEL}").stdout.split()
+    ids = run_docker("ps", "-aq", "--filter", f"label={COMPOSE_DIR_LABEL}").stdout.split()
     if not ids:
         return []
     found = []
-    for info in json.loads(_docker("inspect", *ids, check=False).stdout or "[]"):
+    for info in json.loads(run_docker("inspect", *ids, check=False).stdout or "[]"):
         workdir = info["Config"]["Labels"].get(COMPOSE_DIR_LABEL, "")
         if workdir == str(root) or workdir.startswith(f"{root}/"):
             found.append({"id": info["Id"], "name": info["Name"].lstrip("/"),
@@ -120,10 +88,10 @@ def container_root(tmp_path_factory):
 def _sdk_network_cleanup(docker):
     """Local mode creates the `sagemaker-local` network and never removes it: remove
     it at the end if this session created it and nothing else uses it."""
-    existed = _docker("network", "inspect", SDK_NETWORK, check=False).returncode == 0
+    existed = run_docker("network", "inspect", SDK_NETWORK, check=False).returncode == 0
     yield
     if not existed:
-        _docker("network", "rm", SDK_NETWORK, check=False)
+        run_docker("network", "rm", SDK_NETWORK, check=False)
 
 
 @pytest.fixture
@@ -139,7 +107,7 @@ def compose_cleanup(docker, container_root, _sdk_network_cleanup):
     yield
     leftover = compose_containers(container_root)
     if leftover:
-        _docker("rm", "-f", *[c["id"] for c in leftover], check=False)
+        run_docker("rm", "-f", *[c["id"] for c in leftover], check=False)
 
 
 @pytest.fixture(scope="module")

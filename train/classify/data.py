@@ -34,13 +34,6 @@ def train_transform(image_size: int, min_crop_scale: float, hflip: bool):
     return v2.Compose(steps)
 
 
-def eval_transform(image_size: int, crop_ratio: float):
-    from torchvision.transforms import v2
-
-    resize = max(image_size, int(round(image_size / crop_ratio)))
-    return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)])
-
-
 class TransformedDataset(Dataset):
     """``dataset[(index, seed)]`` -> (uint8 [3,S,S] tensor, target); the transform runs under ``seed``."""
 

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from byoc import artifact
 from byoc.checkpoint import (INTERRUPTED_EXIT_CODE, Checkpointer, TerminationFlag, capture_rng_state,
                              capture_state, restore_rng_state, restore_state)
 
-from . import data, distributed, export, mixing, models, optim, parquet, readers
+from . import data, distributed, mixing, models, optim, parquet, readers
 from .config import Paths, UsageError, resolve_lr, resolve_weight_decay
 from .losses import MultiHeadLoss, correct_count, hard_targets
 from .metrics import MetricsWriter, class_counts, format_line, macro_recall, metric_name, weighted_recall
@@ -97,18 +98,18 @@ class Trainer:
             raise UsageError(f"--label-columns {','.join(args.label_columns)} (multi-head) needs parquet data; "
                              f"the train channel is {self.bundle.format}")
         try:
-            library = models.resolve_arch(args.arch, args.library)
+            library = artifact.resolve_arch(args.arch, args.library)
         except (ValueError, ImportError) as e:
             raise UsageError(str(e)) from None
         heads = None
         if self.bundle.heads:
             heads = [{"name": name, "classes": classes, "weight": w}
                      for (name, classes), w in zip(self.bundle.heads, args.head_weights)]
-        self.spec = export.model_spec(arch=args.arch, library=library,
-                                      classes=None if heads else self.bundle.classes,
-                                      image_size=args.image_size, mean=args.mean, std=args.std,
-                                      eval_crop_ratio=args.eval_crop_ratio, heads=heads)
-        self.head_sizes = models.head_sizes(self.spec)
+        self.spec = artifact.model_spec(arch=args.arch, library=library,
+                                        classes=None if heads else self.bundle.classes,
+                                        image_size=args.image_size, mean=args.mean, std=args.std,
+                                        eval_crop_ratio=args.eval_crop_ratio, heads=heads)
+        self.head_sizes = artifact.head_sizes(self.spec)
         self.multihead = heads is not None
         self._build_data()
         self._build_model()
@@ -153,14 +154,14 @@ class Trainer:
         self.train_loader = data.make_loader(train_set, self.train_batches, workers, pin)
         self.val_loader = None
         if self.bundle.val is not None and len(self.bundle.val):
-            val_set = data.TransformedDataset(self.bundle.val, data.eval_transform(a.image_size, a.eval_crop_ratio))
+            val_set = data.TransformedDataset(self.bundle.val, artifact.eval_transform(a.image_size, a.eval_crop_ratio))
             self.val_loader = data.make_loader(val_set, data.ShardBatches(len(val_set), a.batch_size, ctx.rank,
                                                                           ctx.world_size), workers, pin)
         self.workers = workers
 
     def _build_model(self) -> None:
         a = self.args
-        model = models.build_model(self.spec)
+        model = artifact.build_model(self.spec)
         self.pretrained_report = None
         if a.pretrained:
             try:
@@ -386,7 +387,7 @@ class Trainer:
 
     def finish(self) -> None:
         if self.ctx.is_main:
-            files = export.export_model(self.model, self.spec, self.paths.model)
+            files = artifact.write(self.model, self.spec, self.paths.model)
             log.info("model exported: %s", ", ".join(str(f) for f in files))
         self.metrics.close()
         distributed.barrier(self.ctx)

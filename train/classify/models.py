@@ -1,10 +1,8 @@
-"""Build a classifier from a model.json-style dict; load transfer-learning weights.
+"""Transfer learning: find and load the ``pretrained`` channel's weights into the network.
 
-``build_model(spec)`` is shared by training and serving: the serving image calls it with
-the ``model.json`` dict (docs/model-artifact.md), then loads ``model.pt`` into the result.
-It needs only torch and torchvision (timm when ``library`` is ``timm``), imported when
-called, never at module import. Weights are never downloaded (``weights=None``): pretrained
-weights come from the ``pretrained`` channel (``load_pretrained``).
+The network itself is built from its model.json dict by ``byoc.artifact.build_model``
+(shared with the serving image); weights are never downloaded: pretrained weights come
+from the ``pretrained`` channel (``load_pretrained``).
 """
 
 from __future__ import annotations
@@ -17,95 +15,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-LIBRARIES = ("torchvision", "timm")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
-
-
-def _timm():
-    try:
-        import timm
-    except ImportError:
-        raise ImportError("this model needs timm (pip install timm), which is not installed") from None
-    return timm
-
-
-def resolve_arch(arch: str, library: str = "auto") -> str:
-    """The library that provides ``arch``; ValueError with a hint when none does."""
-    import torchvision
-
-    if library in ("auto", "torchvision") and arch in torchvision.models.list_models():
-        return "torchvision"
-    if library in ("auto", "timm"):
-        try:
-            timm = _timm()
-        except ImportError:
-            if library == "timm":
-                raise
-        else:
-            if timm.is_model(arch):
-                return "timm"
-    where = "torchvision or timm" if library == "auto" else library
-    raise ValueError(f"unknown architecture {arch!r} in {where} "
-                     "(torchvision.models.list_models() / timm.list_models() list the names)")
-
-
-def build_model(spec: dict) -> nn.Module:
-    """A randomly initialised network for ``spec`` (a model.json dict).
-
-    Uses ``arch``, ``library`` (default torchvision), ``num_classes`` and ``input_size``
-    (``[C, H, W]``; ViT-style archs need it for their position embeddings).
-    A multi-head model (``heads`` set) is one network whose output is the heads' logits
-    side by side, in ``heads`` order: ``split_heads`` cuts them apart. One linear layer
-    instead of a module per head keeps the network any torchvision/timm classifier and
-    its state_dict loadable by name.
-    """
-    arch = spec["arch"]
-    library = spec.get("library") or "torchvision"
-    num_classes = sum(head_sizes(spec)) if spec.get("heads") else int(spec["num_classes"])
-    channels, height, width = (spec.get("input_size") or [3, 224, 224])
-    if library == "torchvision":
-        return _torchvision_model(arch, num_classes, (height, width), channels)
-    if library == "timm":
-        return _timm_model(arch, num_classes, (height, width), channels)
-    raise ValueError(f"unknown model library {library!r}; expected one of {LIBRARIES}")
-
-
-def head_sizes(spec: dict) -> list[int]:
-    """Classes per head, in output order (one entry for a single-head model)."""
-    heads = spec.get("heads")
-    if not heads:
-        return [int(spec["num_classes"])]
-    return [int(h.get("num_classes") or len(h["classes"])) for h in heads]
-
-
-def split_heads(logits: torch.Tensor, spec: dict) -> list[torch.Tensor]:
-    """The network's N x sum(classes) output cut into one N x classes tensor per head."""
-    return list(torch.split(logits, head_sizes(spec), dim=1))
-
-
-def _torchvision_model(arch: str, num_classes: int, size: tuple, channels: int) -> nn.Module:
-    import torchvision
-
-    if channels != 3:
-        raise ValueError(f"torchvision models take 3-channel input, input_size has {channels}")
-    kwargs = {}
-    if arch.startswith("vit_"):
-        if size[0] != size[1]:
-            raise ValueError(f"{arch} needs a square input, got {size}")
-        kwargs["image_size"] = size[0]
-    if arch in ("inception_v3", "googlenet"):
-        kwargs["aux_logits"] = False  # no pretrained weights asked for, so aux heads are optional
-        kwargs["init_weights"] = True
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
-
-
-def _timm_model(arch: str, num_classes: int, size: tuple, channels: int) -> nn.Module:
-    timm = _timm()
-    try:  # models with position embeddings or fixed windows need the input size
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=channels,
-                                 img_size=tuple(size))
-    except TypeError:  # convnets take no img_size argument
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=channels)
 
 
 # ----------------------------------------------------------------------------- transfer learning

@@ -2,7 +2,7 @@
 
 import pytest
 
-from classify_testdata import digits, write_image_folder
+from support.classify_data import digits, write_image_folder
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from classify_testdata import digits, write_image_folder
+from support.classify_data import digits, write_image_folder
 from train.classify import data, readers
 from train.classify.config import UsageError
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from classify_testdata import digits, parity_heads, write_image_folder, write_parquet_bytes
+from support.classify_data import digits, parity_heads, write_image_folder, write_parquet_bytes
 
 pytestmark = pytest.mark.slow  # real training runs in subprocesses
 
@@ -44,8 +44,7 @@ def ml_root(tmp_path: Path, images, labels) -> Path:
 
 def predict_with_artifact(model_dir: Path, images: np.ndarray) -> np.ndarray:
     """What serving does: rebuild from model.json alone, load model.pt weights-only, predict."""
-    from train.classify.data import eval_transform
-    from train.classify.models import build_model
+    from byoc.artifact import build_model, eval_transform
 
     spec = json.loads((model_dir / "model.json").read_text())
     model = build_model(spec).eval()

@@ -3,12 +3,13 @@ import json
 import pytest
 import torch
 
-from train.classify import export
-from train.classify.models import build_model, load_pretrained, read_state_dict, resolve_arch
+from byoc import artifact
+from byoc.artifact import build_model, resolve_arch
+from train.classify.models import load_pretrained, read_state_dict
 
 
 def spec(arch, library="torchvision", n=5, size=32):
-    return export.model_spec(arch=arch, library=library, classes=[f"c{i}" for i in range(n)], image_size=size,
+    return artifact.model_spec(arch=arch, library=library, classes=[f"c{i}" for i in range(n)], image_size=size,
                              mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
@@ -31,7 +32,7 @@ def test_timm_arch():
 def test_rebuild_from_model_json_alone(tmp_path):
     s = spec("resnet18", n=4)
     model = build_model(s).eval()
-    export.export_model(model, s, tmp_path)
+    artifact.write(model, s, tmp_path)
     loaded = json.loads((tmp_path / "model.json").read_text())
     assert list(loaded) == ["format_version", "task", "arch", "library", "num_classes", "classes", "heads",
                             "input_size", "mean", "std", "eval_crop_ratio", "weights", "versions"]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from classify_testdata import digits, parity_heads, write_parquet_bytes, write_parquet_pixels
+from byoc import artifact
+from support.classify_data import digits, parity_heads, write_parquet_bytes, write_parquet_pixels
 from train.classify import data, readers
 from train.classify.config import UsageError
 from train.classify.parquet import ParquetOptions
@@ -38,7 +39,7 @@ def test_bengali_layout_pixels_and_csv_multi_head(tmp_path):
         digit = b.train.targets[i, 0]
         original = np.flatnonzero(labels == digit)
         assert any(np.array_equal(b.train.images[i], wide[j]) for j in original)
-    x, y = data.TransformedDataset(b.train, data.eval_transform(16, 1.0))[(0, None)]
+    x, y = data.TransformedDataset(b.train, artifact.eval_transform(16, 1.0))[(0, None)]
     assert x.shape == (3, 16, 16) and y.dtype == torch.int64 and y.shape == (2,)
 
 

@@ -9,13 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from train.classify import distributed, export, mixing, optim
+from byoc import artifact
+from byoc.artifact import build_model, split_heads
+from train.classify import distributed, mixing, optim
 from train.classify.config import UsageError
 from train.classify.engine import use_sync_bn
 from train.classify.losses import MultiHeadLoss, correct_count, hard_targets
 from train.classify.optim import WarmupSchedule, make_scheduler
 from train.classify.metrics import class_counts, format_line, macro_recall, metric_name, weighted_recall
-from train.classify.models import build_model, split_heads
 
 
 # ----------------------------------------------------------------------------- multi-head loss + metrics
@@ -65,12 +66,12 @@ def test_weighted_recall_is_bengalis_2_1_1():
 
 
 def test_multi_head_spec_exports_heads_and_the_multihead_handler(tmp_path):
-    spec = export.model_spec(arch="resnet18", library="torchvision", classes=None, image_size=32,
+    spec = artifact.model_spec(arch="resnet18", library="torchvision", classes=None, image_size=32,
                              mean=(0.5,) * 3, std=(0.5,) * 3,
                              heads=[{"name": "root", "classes": [str(i) for i in range(7)], "weight": 2},
                                     {"name": "vowel", "classes": ["a", "e", "i"], "weight": 1}])
     model = build_model(spec).eval()
-    export.export_model(model, spec, tmp_path)
+    artifact.write(model, spec, tmp_path)
     saved = json.loads((tmp_path / "model.json").read_text())
     assert (saved["num_classes"], saved["classes"]) == (None, None)
     assert saved["heads"] == [{"name": "root", "num_classes": 7, "classes": [str(i) for i in range(7)], "weight": 2.0},

@@ -5,32 +5,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import CLASSES, make_context
 from serve import handler as handler_mod
 from serve.handler import HandlerService
-
-
-def npy(arr) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
-
-
-def run_batch(service, model_dir, requests):
-    """requests: list of (body, headers) -> list of (status, content_type, body)."""
-    ctx = make_context(model_dir, [h for _, h in requests])
-    out = service.handle([{"body": b} for b, _ in requests], ctx)
-    results = []
-    for i, body in enumerate(out):
-        code, _ = ctx.get_response_status(i)
-        results.append((code or 200, ctx.get_response_content_type(i), body))
-    return results
-
-
-def service_for(model_dir):
-    s = HandlerService()
-    s.initialize(make_context(model_dir, [{}]))
-    return s
+from support.serving import CLASSES, USER_MODEL_FN, make_context, npy, run_batch, service_for
 
 
 def write_code(model_dir, source: str, name="inference.py"):
@@ -40,7 +17,7 @@ def write_code(model_dir, source: str, name="inference.py"):
 
 
 @pytest.fixture
-def classifier(model_dir, build_model_stub):
+def classifier(model_dir):
     return service_for(model_dir)
 
 
@@ -102,9 +79,7 @@ def test_json_batch_of_images_gives_one_list_per_image(classifier, model_dir):
 
 
 def test_user_module_with_only_model_fn(model_dir, jpeg_bytes):
-    from conftest import FALLBACK_MODEL_FN
-
-    write_code(model_dir, FALLBACK_MODEL_FN)
+    write_code(model_dir, USER_MODEL_FN)
     s = service_for(model_dir)
     assert s.fns.origin["model_fn"] == "inference.py"
     assert s.fns.origin["input_fn"] == "handlers.image_classifier"

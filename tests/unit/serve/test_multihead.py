@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_context
-from test_handler import npy, run_batch, service_for
-from train.classify.export import export_model
-from train.classify.models import build_model
+from byoc.artifact import build_model, write
+from support.serving import make_context, npy, run_batch, service_for
 
 HEADS = [
     {"name": "grapheme_root", "num_classes": 6, "classes": [f"g{i}" for i in range(6)], "weight": 2.0},
@@ -28,7 +26,7 @@ def multihead_dir(tmp_path_factory):
     }
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("multihead")
-    export_model(build_model(spec).eval(), spec, d)
+    write(build_model(spec).eval(), spec, d)
     return d
 
 

@@ -20,7 +20,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import CLASSES, FALLBACK_MODEL_FN, has_build_model
+from support.serving import CLASSES, USER_MODEL_FN
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -128,8 +128,6 @@ def make_model_dir(path, model_files, code: str | None = None):
     path.mkdir()
     os.symlink(model_files / "model.pt", path / "model.pt")
     (path / "model.json").write_text((model_files / "model.json").read_text())
-    if code is None and not has_build_model():
-        code = FALLBACK_MODEL_FN  # train/classify/models.py not written yet
     if code:
         (path / "code").mkdir()
         (path / "code" / "inference.py").write_text(code)
@@ -278,7 +276,7 @@ def test_model_that_cannot_load_exits_non_zero_with_reason(model_files, tmp_path
     assert "state_dict does not match resnet18" in out
 
 
-SLOW = FALLBACK_MODEL_FN + '''
+SLOW = USER_MODEL_FN + '''
 import time
 def transform_fn(model, body, content_type, accept):
     time.sleep(float(body or 3))
@@ -308,12 +306,9 @@ def test_multihead_model_in_mixed_batches_with_per_request_topk(tmp_path, jpeg_b
     """A Bengali-style model (three heads) exported by the trainer, served with
     batch size 4: a good photo, a truncated one and a topk=2 request share
     batches and each gets its own answer."""
-    if not has_build_model():
-        pytest.skip("train.classify.models is not there")
     import torch
 
-    from train.classify.export import export_model
-    from train.classify.models import build_model
+    from byoc.artifact import build_model, write
 
     heads = [{"name": "root", "num_classes": 7, "classes": [f"r{i}" for i in range(7)], "weight": 2.0},
              {"name": "vowel", "num_classes": 3, "classes": ["a", "e", "i"], "weight": 1.0}]
@@ -321,7 +316,7 @@ def test_multihead_model_in_mixed_batches_with_per_request_topk(tmp_path, jpeg_b
             "num_classes": None, "classes": None, "heads": heads, "input_size": [3, 32, 32],
             "mean": [0.5] * 3, "std": [0.25] * 3, "weights": "model.pt"}
     torch.manual_seed(0)
-    export_model(build_model(spec).eval(), spec, tmp_path / "model")
+    write(build_model(spec).eval(), spec, tmp_path / "model")
     s = Serve(tmp_path / "model", tmp_path / "work", SAGEMAKER_TS_BATCH_SIZE=4, SAGEMAKER_TS_MAX_BATCH_DELAY=50)
     try:
         s.wait_ready()

@@ -5,8 +5,8 @@ import json
 import numpy as np
 from PIL import Image
 
+from byoc.artifact import eval_transform
 from handlers import common, image_classifier
-from train.classify.data import eval_transform
 
 
 def test_input_fn_repeats_the_trainers_eval_transform(tmp_path, monkeypatch):

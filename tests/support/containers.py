@@ -1,4 +1,5 @@
-"""Helpers for the container tests (imported by them; fixtures live in conftest.py)."""
+"""Run, start and watch the images' containers (the container tests' helpers; fixtures live in
+tests/container/conftest.py)."""
 import subprocess
 
 
@@ -20,13 +21,12 @@ def classifier_model_dir(path, classes=("brick", "grass", "gravel"), size=64, ar
     as the trainer exports it, with random weights: small enough for a 2-core machine."""
     import torch
 
-    from train.classify import export
-    from train.classify.models import build_model
+    from byoc import artifact
 
     torch.manual_seed(seed)
-    spec = export.model_spec(arch=arch, library="torchvision", classes=list(classes), image_size=size,
-                             mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    export.export_model(build_model(spec).eval(), spec, path)
+    spec = artifact.model_spec(arch=arch, library="torchvision", classes=list(classes), image_size=size,
+                               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    artifact.write(artifact.build_model(spec).eval(), spec, path)
     for p in [path, *path.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)   # the image's user 1000 reads it
     return path
