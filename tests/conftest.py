@@ -6,6 +6,18 @@ import time
 import pytest
 
 
+# Every test in these folders gets the folder's marker (pyproject.toml lists them).
+FOLDER_MARKERS = {"tests/container/": "container", "tests/local_mode/": "local_mode"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for folder, marker in FOLDER_MARKERS.items():
+            # *_sdk3.py files carry local_mode_v3 (SageMaker SDK v3) instead of local_mode
+            if folder in str(item.fspath) and not (marker == "local_mode" and item.fspath.basename.endswith("_sdk3.py")):
+                item.add_marker(getattr(pytest.mark, marker))
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,21 +1,16 @@
 """Container tests: they run the built images with docker.
 
-Images come from BYOC_TRAIN_IMAGE / BYOC_SERVE_IMAGE (./build.sh test sets
-them to the flavour it built). Without a docker daemon these tests skip, except
-in CI (CI=true), where a missing docker is a failure: a skipped container test
-must never pass as green there.
+Every test here is marked `container` (tests/conftest.py). Images come from
+BYOC_TRAIN_IMAGE / BYOC_SERVE_IMAGE (./build.sh test sets them to the flavour it
+built). Without a docker daemon these tests skip, except in CI (CI=true), where
+a missing docker is a failure: a skipped container test must never pass as green
+there (support.docker).
 """
 import os
 
 import pytest
 
 from support.docker import require_docker, serve_image, train_image  # noqa: F401  (fixtures)
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/container/" in str(item.fspath):
-            item.add_marker(pytest.mark.container)
 
 
 @pytest.fixture(scope="session")

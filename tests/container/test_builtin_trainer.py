@@ -145,15 +145,14 @@ def served_answers(docker, serve_image, model: Path, images: np.ndarray, port: i
     import io
 
     import requests
-    from support.containers import start_serve, wait_healthy
     from PIL import Image
+
+    from support.containers import serving
 
     for p in [model, *model.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)   # the serving image's user 1000 reads it
     name = f"byoc-test-builtin-serve-{port}"
-    try:
-        url = start_serve(docker, serve_image, model, port, name)
-        wait_healthy(docker, name, url)
+    with serving(docker, serve_image, model, port, name) as url:
         answers = []
         for im in images:
             buf = io.BytesIO()
@@ -163,8 +162,6 @@ def served_answers(docker, serve_image, model: Path, images: np.ndarray, port: i
             assert r.status_code == 200, r.text
             answers.append(r.json()["predictions"])
         return answers
-    finally:
-        subprocess.run([docker, "rm", "-f", name], capture_output=True)
 
 
 def test_hugging_face_parquet_two_heads_with_cutmix_mixup(docker, train_image, tmp_path):

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import requests
 
-from support.containers import classifier_model_dir, logs_of, start_serve, wait_healthy
+from support.containers import classifier_model_dir, logs_of, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "samples" / "photos").glob("*.jpg"))
@@ -47,12 +47,8 @@ def slow_server(docker, serve_image, tmp_path, free_port):
     (model / "code" / "inference.py").write_text(SLOW_INFERENCE)
     port = free_port()
     name = f"byoc-test-drain-{port}"
-    try:
-        url = start_serve(docker, serve_image, model, port, name)   # default settings
-        wait_healthy(docker, name, url)
+    with serving(docker, serve_image, model, port, name) as url:   # default settings
         yield name, url
-    finally:
-        subprocess.run([docker, "rm", "-f", name], capture_output=True)
 
 
 class Record:

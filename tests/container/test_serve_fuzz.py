@@ -11,7 +11,6 @@ import asyncio
 import io
 import json
 import struct
-import subprocess
 import urllib.request
 import zlib
 from collections import Counter
@@ -21,7 +20,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from support.containers import classifier_model_dir, logs_of, start_serve, wait_healthy
+from support.containers import classifier_model_dir, logs_of, serving, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "samples" / "photos").glob("*.jpg"))
@@ -256,12 +255,8 @@ def fuzz_server(docker, serve_image, tmp_path_factory, free_port):
     name = f"byoc-test-fuzz-{port}"
     env = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(MAX_PAYLOAD_MB), "SAGEMAKER_TS_BATCH_SIZE": "4",
            "SAGEMAKER_TS_MAX_BATCH_DELAY": "30"}
-    try:
-        url = start_serve(docker, serve_image, model, port, name, env=env)
-        wait_healthy(docker, name, url)
+    with serving(docker, serve_image, model, port, name, env=env) as url:
         yield name, url
-    finally:
-        subprocess.run([docker, "rm", "-f", name], capture_output=True)
 
 
 async def _send(session, url, case):

@@ -13,7 +13,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from support.containers import classifier_model_dir, container_memory, logs_of, start_serve, wait_healthy
+from support.containers import classifier_model_dir, container_memory, logs_of, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "samples" / "photos").glob("*.jpg"))
@@ -36,12 +36,8 @@ def load_server(docker, serve_image, tmp_path_factory, free_port):
     model = classifier_model_dir(tmp_path_factory.mktemp("load-model"), classes=CLASSES)
     port = free_port()
     name = f"byoc-test-load-{port}"
-    try:
-        url = start_serve(docker, serve_image, model, port, name)   # default settings
-        wait_healthy(docker, name, url)
+    with serving(docker, serve_image, model, port, name) as url:   # default settings
         yield name, url
-    finally:
-        subprocess.run([docker, "rm", "-f", name], capture_output=True)
 
 
 class MemorySampler:

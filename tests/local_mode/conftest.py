@@ -1,6 +1,6 @@
 """SageMaker local mode fixtures: the SDK's LocalSession against the built images.
 
-Every test here is marked `local_mode`. Without a docker daemon they skip, except in
+Every test here is marked `local_mode` (tests/conftest.py). Without a docker daemon they skip, except in
 CI (CI=true), where that is a failure. The SDK drives `docker compose` through the
 `docker` found on PATH; the session puts a `docker` link to DOCKER (default
 /usr/bin/docker, the BuildKit client) first on PATH so the SDK uses the same client
@@ -21,13 +21,6 @@ from support.docker import DOCKER, require_docker, run_docker, serve_image, trai
 # local mode names its compose network this way, always (sagemaker/local/image.py)
 SDK_NETWORK = "sagemaker-local"
 COMPOSE_DIR_LABEL = "com.docker.compose.project.working_dir"
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        # *_sdk3.py files carry local_mode_v3 (SageMaker SDK v3) instead
-        if "tests/local_mode/" in str(item.fspath) and not str(item.fspath).endswith("_sdk3.py"):
-            item.add_marker(pytest.mark.local_mode)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Run, start and watch the images' containers (the container tests' helpers; fixtures live in
 tests/container/conftest.py)."""
+import contextlib
 import subprocess
 
 
@@ -40,6 +41,17 @@ def start_serve(docker, image, model_dir, port, name, env=None, run_args=()):
         args += ["-e", f"{k}={v}"]
     subprocess.run(args + [image], check=True, capture_output=True, text=True)
     return f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def serving(docker, image, model_dir, port, name, env=None):
+    """The serving image on model_dir, healthy: yields its URL; the container is removed after."""
+    try:
+        url = start_serve(docker, image, model_dir, port, name, env=env)
+        wait_healthy(docker, name, url)
+        yield url
+    finally:
+        subprocess.run([docker, "rm", "-f", name], capture_output=True)
 
 
 def logs_of(docker, name):

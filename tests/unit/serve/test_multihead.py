@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from byoc.artifact import build_model, write
-from support.serving import make_context, npy, run_batch, service_for
+from support.serving import npy, run_batch, service_for
 
 HEADS = [
     {"name": "grapheme_root", "num_classes": 6, "classes": [f"g{i}" for i in range(6)], "weight": 2.0},
