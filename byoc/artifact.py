@@ -6,9 +6,9 @@
 
 The one owner of that format: the trainer writes it with ``write``; the serving handlers
 read it with ``read_spec``, rebuild the network with ``load_model`` and preprocess
-images with ``EvalTransform``, the evaluation transform the trainer used. Imports only
-torch, torchvision (timm for timm models) and Pillow, when called: the serving image
-uses it without the trainer's package.
+images with ``EvalTransform``, the evaluation transform the trainer used. Imports torch,
+torchvision (timm for timm models) and Pillow only when called, so that reading
+model.json stays light; the serving image uses it without the trainer's package.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import os
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from byoc.checkpoint import atomic_save, unwrap_model
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 FORMAT_VERSION = 1
 SPEC_FILE = "model.json"
@@ -84,6 +84,7 @@ def model_spec(*, arch: str, library: str, classes: list[str] | None, image_size
 
     ``heads`` (multi-head): ``[{"name", "classes", "weight"}, ...]`` in output order;
     ``num_classes``/``classes`` are then null."""
+    import torch
     import torchvision
 
     if heads:
@@ -114,11 +115,15 @@ def model_spec(*, arch: str, library: str, classes: list[str] | None, image_size
 
 def plain_state_dict(model: nn.Module) -> dict:
     """CPU, contiguous tensors with no DDP/compile prefixes: what build_model(spec) accepts."""
+    from byoc.checkpoint import unwrap_model
+
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap_model(model).state_dict().items()}
 
 
 def write(model: nn.Module, spec: dict, model_dir: Path) -> list[Path]:
     """model.pt, model.json and code/inference.py into ``model_dir``; the files written."""
+    from byoc.checkpoint import atomic_save
+
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     weights = atomic_save(plain_state_dict(model), Path(weights_path(model_dir, spec)))
@@ -219,6 +224,8 @@ def build_model(spec: dict) -> nn.Module:
 
 def load_model(model_dir, spec: dict | None = None) -> nn.Module:
     """Rebuild the network from model.json and load its weights (eval mode, on the CPU)."""
+    import torch
+
     spec = spec if spec is not None else read_spec(model_dir)
     if spec is None:
         raise FileNotFoundError(f"no {SPEC_FILE} in {model_dir}")
@@ -238,6 +245,8 @@ def head_sizes(spec: dict) -> list[int]:
 
 def split_heads(logits: torch.Tensor, spec: dict) -> list[torch.Tensor]:
     """The network's N x sum(classes) output cut into one N x classes tensor per head."""
+    import torch
+
     return list(torch.split(logits, head_sizes(spec), dim=1))
 
 
@@ -330,6 +339,8 @@ class EvalTransform:
     def stats(self, device=None, channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """mean and std as 1 x C x 1 x 1 tensors for pixels scaled to [0, 1]
         (0 and 1 for each of ``channels``, default ``self.channels``, when model.json has none)."""
+        import torch
+
         channels = channels or self.channels
         mean = torch.tensor(self.mean or [0.0] * channels, device=device).view(1, -1, 1, 1)
         std = torch.tensor(self.std or [1.0] * channels, device=device).view(1, -1, 1, 1)
