@@ -1,7 +1,7 @@
 """What SageMaker SDK v3's own drivers (`SourceCode` jobs: sm_train.sh and its Python drivers)
 need from the training image: bash, python3, pip and torchrun on PATH; for the MPI driver
 mpirun, sshd, paramiko and mpi4py (it runs `mpirun ... python -m mpi4py <script>`)."""
-from containers import run_in
+from support.containers import run_in
 
 MPI_SCRIPT = """\
 cat >/tmp/mpi.py <<'PY'
