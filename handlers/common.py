@@ -7,7 +7,7 @@ import os
 import torch
 
 from byoc import artifact
-from serve import request_params
+from serve import config, request_params
 from serve.errors import BadRequest
 
 
@@ -56,8 +56,7 @@ def topk(num_classes: int) -> int:
             raise BadRequest(f"topk must be a whole number of at least 1, got {raw!r}")
         k = int(raw)
     else:
-        env = os.environ.get("BYOC_TOPK", "5")
-        k = int(env) if env.isdigit() and int(env) > 0 else 5
+        k = config.worker_settings().topk
     return min(k, num_classes)
 
 

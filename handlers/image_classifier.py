@@ -12,15 +12,13 @@ Out: application/json top-k (per request `Accept: application/json; topk=3` or
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from byoc import artifact
 from handlers import common
-from serve import codecs
+from serve import codecs, config
 from serve.errors import BadRequest
 from serve.user_module import batched
 
@@ -92,8 +90,9 @@ def _from_array(arr: np.ndarray, channels, height, width) -> torch.Tensor:
         arr = arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     if arr.shape[1] != channels:
         raise BadRequest(f"array has no axis of {channels} channels: shape {list(arr.shape)}")
-    if arr.shape[0] > _max_instances():
-        raise BadRequest(f"at most {_max_instances()} images per request")
+    limit = config.worker_settings().max_instances
+    if arr.shape[0] > limit:
+        raise BadRequest(f"at most {limit} images per request (BYOC_MAX_INSTANCES)")
     t = torch.from_numpy(np.ascontiguousarray(arr))
     t = t.float().div_(255) if arr.dtype == np.uint8 else t.float()
     if tuple(t.shape[2:]) != (height, width):
@@ -121,8 +120,3 @@ def _classes(context):
         return common.spec_for(context).get("classes") or []
     except OSError:
         return []
-
-
-def _max_instances() -> int:
-    raw = os.environ.get("BYOC_MAX_INSTANCES", "64")
-    return int(raw) if raw.isdigit() and int(raw) > 0 else 64

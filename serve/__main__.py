@@ -22,7 +22,7 @@ def prepare(cfg: ServeConfig) -> Server:
     """Work dir, code/requirements.txt (if allowed), model store (links, no copy), config.properties, log4j2.xml."""
     workdir = cfg.workdir or tempfile.mkdtemp(prefix="byoc-serve-")
     os.makedirs(workdir, exist_ok=True)
-    site = requirements.install(cfg.model_dir, workdir)
+    site = requirements.install(cfg.model_dir, workdir, cfg.install_requirements)
     if site:  # the workers inherit our environment (Server.env)
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p)
     store = os.path.join(workdir, "model-store")

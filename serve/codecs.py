@@ -15,13 +15,13 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
 from sagemaker_inference import content_types, encoder
 
+from serve import config
 from serve.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 
 JSON = content_types.JSON
@@ -43,15 +43,6 @@ _IMAGE_FORMATS = {
     X_IMAGE: ("JPEG", "PNG", "WEBP", "BMP", "GIF"),
 }
 
-DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP photo; a 12000x12000 "bomb" is 144 MP
-
-
-def max_image_pixels() -> int:
-    """Largest decoded image (width*height) accepted; BYOC_MAX_IMAGE_PIXELS overrides."""
-    raw = os.environ.get("BYOC_MAX_IMAGE_PIXELS", "")
-    return int(raw) if raw.strip().isdigit() and int(raw) > 0 else DEFAULT_MAX_PIXELS
-
-
 # ---------------------------------------------------------------- media types
 def parse_media_type(value: str | None) -> tuple[str, dict[str, str]]:
     """'Application/JSON; charset=utf-8' -> ('application/json', {'charset': 'utf-8'})."""
@@ -66,37 +57,43 @@ def parse_media_type(value: str | None) -> tuple[str, dict[str, str]]:
     return main.strip().lower(), params
 
 
-def negotiate(accept: str | None, supported: Sequence[str], default: str) -> str:
-    """Pick the response type from an Accept header (q-values honoured).
+def accept_choices(accept: str | None, default: str = JSON,
+                   known: Sequence[str] = ENCODE_TYPES) -> list[tuple[str, dict[str, str]]]:
+    """The media types to try for a response, most preferred first, each with
+    its parameters other than q (``application/json; topk=3`` keeps topk).
 
-    No Accept, or '*/*', gives ``default``; nothing acceptable raises 406.
-    """
+    Order: q-value (RFC 9110 12.5.1), then the client's order; q=0 excludes a
+    type. No Accept, or ``*/*``, means ``default``; ``type/*`` means the types of
+    ``known`` under it (``default`` first). A list with nothing to try is empty:
+    the caller answers 406."""
     if not accept or not accept.strip():
-        return default
-    choices = []
+        return [(default, {})]
+    ranked, excluded = [], set()
     for pos, item in enumerate(accept.split(",")):
         mtype, params = parse_media_type(item)
         if not mtype:
             continue
         try:
-            q = float(params.get("q", "1"))
+            q = float(params.pop("q", "1"))
         except ValueError:
             q = 1.0
-        if q > 0:
-            choices.append((-q, pos, mtype))
-    for _, _, mtype in sorted(choices):
+        if q <= 0:
+            excluded.add(mtype)
+        else:
+            ranked.append((-q, pos, mtype, params))
+    out, seen = [], set()
+    for _, _, mtype, params in sorted(ranked, key=lambda item: item[:2]):
         if mtype == "*/*":
-            return default
-        if mtype.endswith("/*"):
-            prefix = mtype[:-1]
-            for s in ([default] + list(supported)):
-                if s.startswith(prefix):
-                    return s
-        elif mtype in supported:
-            return mtype
-    raise NotAcceptable(
-        f"cannot produce {accept!r}; supported: {', '.join(supported)}"
-    )
+            candidates = [default]
+        elif mtype.endswith("/*"):
+            candidates = [t for t in (default, *known) if t.startswith(mtype[:-1])]
+        else:
+            candidates = [mtype]
+        for candidate in candidates:
+            if candidate not in seen and candidate not in excluded:
+                seen.add(candidate)
+                out.append((candidate, params))
+    return out
 
 
 def require_type(content_type: str | None, supported: Iterable[str]) -> str:
@@ -138,7 +135,7 @@ def decode_image(body, content_type: str, max_pixels: int | None = None, draft=N
 
     mtype = require_type(content_type, IMAGE_TYPES)
     data = _non_empty(body)
-    limit = max_pixels or max_image_pixels()
+    limit = max_pixels or config.worker_settings().max_image_pixels
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb check warns/raises on its global limit; ours

@@ -11,7 +11,7 @@ SAGEMAKER_BIND_TO_PORT          inference port (default 8080), on 0.0.0.0: our f
 SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": management, metrics, gRPC, TorchServe's own inference
                                 ports are lo..lo+4 (default 8081, 8082, 7070, 7071, 8083);
                                 all on 127.0.0.1 only
-SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: one per GPU, else max(1, cpus//2))
+SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: one per GPU, else one per CPU core)
 SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default 1)
 SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default 100)
 SAGEMAKER_MODEL_SERVER_TIMEOUT  seconds per request to the worker (default 60)
@@ -24,10 +24,24 @@ BYOC_SERVE_WORKDIR              writable dir for TorchServe's config, model stor
 BYOC_SERVE_STARTUP_TIMEOUT      s to wait for the model to load (default 600)
 BYOC_SERVE_GRACE_PERIOD         s to drain after SIGTERM before a hard stop (default 25)
 BYOC_SERVE_JVM_HEAP_MB          frontend heap (default: from the container memory limit)
-OMP_NUM_THREADS                 torch threads per worker (default: cpus // workers)
+OMP_NUM_THREADS                 torch threads per worker (default on GPU: cpus // workers; on
+                                CPU: adaptive, the cores shared among the workers busy at that
+                                moment: a lone request gets every core, a full server one each)
+BYOC_TS_PLUGINS_DIR             TorchServe endpoint plugins (default /opt/byoc/ts-plugins)
+BYOC_INSTALL_REQUIREMENTS       true/false: pip install code/requirements.txt at start (default false)
+BYOC_TOPK                       classes listed per prediction by the default handlers (default 5)
+BYOC_MAX_INSTANCES              images per array request to the default handlers (default 64)
+BYOC_MAX_IMAGE_PIXELS           largest image (width x height) decoded, by our decoders and by PIL
+                                inside user code (default 40000000); larger ones get a 413
+
+Every variable is checked when `serve` starts: a bad value stops the container with
+the variable's name and the reason. The workers get the checked values (worker_env)
+and read them once (WorkerSettings).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import glob
 import json
 import logging
@@ -60,6 +74,17 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int = 1, hi: int |
         bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ConfigError(f"{name}={raw!r}: must be {bounds}")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected true or false")
 
 
 def _log_level(env: Mapping[str, str]) -> int:
@@ -143,6 +168,67 @@ def jvm_heap_mb(memory_bytes: int | None) -> int:
     return int(min(4096, max(256, memory_bytes // 8 // MB)))
 
 
+# ---------------------------------------------------------------- the workers' share
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # a 40 MP photo; a 12000x12000 "bomb" is 144 MP
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a TorchServe worker (serve/handler.py, the default handlers) applies.
+
+    `serve` checks these at start as part of ServeConfig and passes them on in
+    the workers' environment (``env()``); each worker reads them once
+    (:func:`worker_settings`)."""
+
+    topk: int = 5
+    max_instances: int = 64
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    threads: int = 0  # torch intra-op threads; 0: adaptive (cpus // workers busy now)
+    cpus: int = 1
+    program: str = "inference.py"
+    log_level: int = logging.INFO
+    status_dir: str | None = None  # set by serve.server: busy / load-failed marker files
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "WorkerSettings":
+        """BYOC_WORKER_THREADS / BYOC_WORKER_CPUS / BYOC_SERVE_STATUS_DIR are not
+        settings: `serve` works them out and sets them for its workers."""
+        env = os.environ if environ is None else environ
+        return cls(
+            topk=_int(env, "BYOC_TOPK", 5, hi=1_000_000),
+            max_instances=_int(env, "BYOC_MAX_INSTANCES", 64, hi=1_000_000),
+            max_image_pixels=_int(env, "BYOC_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, hi=2**40),
+            threads=_int(env, "BYOC_WORKER_THREADS", 0, lo=0),
+            cpus=_int(env, "BYOC_WORKER_CPUS", os.cpu_count() or 1),
+            program=_program(env),
+            log_level=_log_level(env),
+            status_dir=env.get("BYOC_SERVE_STATUS_DIR", "").strip() or None,
+        )
+
+    def env(self) -> dict[str, str]:
+        """The same settings as environment variables, for the workers."""
+        env = {
+            "BYOC_TOPK": str(self.topk),
+            "BYOC_MAX_INSTANCES": str(self.max_instances),
+            "BYOC_MAX_IMAGE_PIXELS": str(self.max_image_pixels),
+            "BYOC_WORKER_THREADS": str(self.threads),
+            "BYOC_WORKER_CPUS": str(self.cpus),
+            "SAGEMAKER_PROGRAM": self.program,
+            "SAGEMAKER_CONTAINER_LOG_LEVEL": str(self.log_level),
+        }
+        if self.status_dir:
+            env["BYOC_SERVE_STATUS_DIR"] = self.status_dir
+        return env
+
+
+@functools.lru_cache(maxsize=1)
+def worker_settings() -> WorkerSettings:
+    """This worker's settings, read once from the environment `serve` gave it
+    (outside a server, e.g. a handler imported in a test: the defaults and any
+    BYOC_* set). ``worker_settings.cache_clear()`` re-reads."""
+    return WorkerSettings.from_env()
+
+
 # ---------------------------------------------------------------- the object
 @dataclass(frozen=True)
 class ServeConfig:
@@ -160,13 +246,13 @@ class ServeConfig:
     grace_period_s: int = 25
     max_payload_mb: int = 6
     jvm_heap_mb: int = 1024
-    log_level: int = logging.INFO
     model_dir: str = "/opt/ml/model"
     workdir: str | None = None
-    program: str = "inference.py"
     gpus: int = 0
     cpus: int = 1
     plugins_dir: str | None = None  # our TorchServe endpoint plugins (/ping, /execution-parameters)
+    install_requirements: bool = False
+    worker: WorkerSettings = WorkerSettings()
 
     @classmethod
     def from_env(
@@ -188,12 +274,14 @@ class ServeConfig:
                 f"SAGEMAKER_BIND_TO_PORT={port} collides with the internal ports "
                 f"{'/'.join(map(str, internal))}"
             )
-        # One worker per GPU. On CPU, half the cores: each worker then gets two
-        # intra-op threads, so a conv net still uses parallel kernels while two
-        # requests can be in flight; oversubscribing (workers x threads > cpus)
-        # is what halves the AWS stack's throughput under load.
-        workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", gpus or max(1, cpus // 2))
-        threads = _int(env, "OMP_NUM_THREADS", max(1, cpus // workers))
+        # One worker per GPU. On CPU one per core: while one worker decodes an
+        # image in Python (one core), another runs its forward pass. Their torch
+        # threads adapt (serve/handler.py): a worker alone gets every core, and
+        # under load each gets one, so workers x threads never exceeds the cores
+        # (oversubscription is what sinks the AWS stack's defaults under load).
+        workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", gpus or cpus)
+        adaptive = not gpus and not env.get("OMP_NUM_THREADS", "").strip()
+        threads = cpus if adaptive else _int(env, "OMP_NUM_THREADS", max(1, cpus // workers))
         heap = _int(env, "BYOC_SERVE_JVM_HEAP_MB", 0, lo=0) or jvm_heap_mb(
             memory_limit() if memory_bytes is None else memory_bytes
         )
@@ -212,13 +300,14 @@ class ServeConfig:
             grace_period_s=_int(env, "BYOC_SERVE_GRACE_PERIOD", 25, lo=0),
             max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, hi=1024),
             jvm_heap_mb=heap,
-            log_level=_log_level(env),
             model_dir=env.get("SM_MODEL_DIR", "").strip() or "/opt/ml/model",
             workdir=env.get("BYOC_SERVE_WORKDIR", "").strip() or None,
-            program=_program(env),
             gpus=gpus,
             cpus=cpus,
             plugins_dir=_plugins_dir(env),
+            install_requirements=_bool(env, "BYOC_INSTALL_REQUIREMENTS", False),
+            worker=dataclasses.replace(WorkerSettings.from_env(env), threads=0 if adaptive else threads,
+                                       cpus=cpus, status_dir=None),
         )
 
     # ------------------------------------------------------------ rendering
@@ -274,6 +363,14 @@ class ServeConfig:
         }
 
     @property
+    def log_level(self) -> int:
+        return self.worker.log_level
+
+    @property
+    def program(self) -> str:
+        return self.worker.program
+
+    @property
     def backend_url(self) -> str:
         return f"http://127.0.0.1:{self.backend_port}"
 
@@ -292,14 +389,12 @@ class ServeConfig:
 
     def worker_env(self) -> dict[str, str]:
         """Environment for TorchServe and its Python workers."""
-        env = {
+        return {
+            # The most threads a worker's torch uses (the adaptive count stays within it).
             "OMP_NUM_THREADS": str(self.threads_per_worker),
             "MKL_NUM_THREADS": str(self.threads_per_worker),
-            "SAGEMAKER_PROGRAM": self.program,
-            "SAGEMAKER_CONTAINER_LOG_LEVEL": str(self.log_level),
-            "BYOC_MAX_PAYLOAD_BYTES": str(self.max_payload_mb * MB),
+            **self.worker.env(),
         }
-        return env
 
 
 def _plugins_dir(env: Mapping[str, str]) -> str | None:

@@ -8,15 +8,18 @@ in the server log.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve import codecs, request_params, user_module
-from serve.errors import BadRequest, HTTPError, InternalError, client_message
+from serve import codecs, config, request_params, user_module
+from serve.errors import BadRequest, HTTPError, InternalError, NotAcceptable, PayloadTooLarge, client_message
 
 logger = logging.getLogger(__name__)
 
@@ -68,24 +71,6 @@ def _requests(data: list, context) -> list[Request]:
     return out
 
 
-def _accept_choice(accept: str) -> tuple[str, dict]:
-    """What to pass to output_fn: the client's first choice (highest q, then
-    order), JSON for */* or no Accept, as SageMaker's toolkit does; with the
-    parameters of that choice other than q."""
-    best, best_params, best_q = "", {}, -1.0
-    for item in accept.split(","):
-        mtype, params = codecs.parse_media_type(item)
-        try:
-            q = float(params.pop("q", "1"))
-        except ValueError:
-            q = 1.0
-        if mtype and q > best_q:
-            best, best_params, best_q = mtype, params, q
-    if best in ("", "*/*", "application/*"):
-        return DEFAULT_ACCEPT, best_params
-    return best, best_params
-
-
 def _params_of(r: Request, accept_params: dict) -> dict:
     """CustomAttributes, overridden by the Accept parameters."""
     return {**request_params.parse_custom_attributes(r.custom_attributes), **accept_params}
@@ -99,16 +84,21 @@ class HandlerService:
         self.fns: user_module.Functions | None = None
         self.model = None
         self.context = None
+        self.settings: config.WorkerSettings | None = None
+        self.threads = 0  # torch intra-op threads in use
 
     # ------------------------------------------------------------ startup
     def initialize(self, context) -> None:
         props = context.system_properties
         model_dir = props.get("model_dir")
-        _set_log_level()
-        _limit_threads()
+        config.worker_settings.cache_clear()  # read once per worker, as it starts
+        self.settings = config.worker_settings()
+        _set_log_level(self.settings.log_level)
+        _limit_image_pixels(self.settings.max_image_pixels)
+        self._use_threads(self.settings.threads or self.settings.cpus)
         _select_device(props.get("gpu_id"))
         self.context = context
-        self.fns = user_module.resolve(model_dir, os.environ.get("SAGEMAKER_PROGRAM", "inference.py"))
+        self.fns = user_module.resolve(model_dir, self.settings.program)
         logger.info("handler functions: %s", self.fns.origin)
         start = time.monotonic()
         self.model = user_module.call(self.fns.model_fn, model_dir, context=context)
@@ -119,7 +109,9 @@ class HandlerService:
     def handle(self, data: list, context) -> list[bytes]:
         self.context = context
         requests = _requests(data, context)
-        with _busy_marker():
+        with _busy_marker(self.settings.status_dir) as busy:
+            if not self.settings.threads:
+                self._use_threads(max(1, self.settings.cpus // max(1, busy.workers())))
             if self.fns.transform_fn is not None:
                 self.transform(requests)
             else:
@@ -130,18 +122,13 @@ class HandlerService:
 
     def preprocess(self, requests: list[Request]) -> None:
         for r in requests:
-            try:
+            with _failures(r, "input_fn"):
                 if r.body is None or len(r.body) == 0:
                     raise BadRequest("empty request body")
                 r.data = user_module.call(
                     self.fns.input_fn, r.body, codecs.parse_media_type(r.content_type)[0],
                     context=self.context,
                 )
-            except HTTPError as exc:
-                r.error = exc
-            except Exception as exc:  # the request's fault: input_fn could not decode it
-                logger.info("request %d rejected by input_fn: %s", r.idx, exc, exc_info=True)
-                r.error = BadRequest(client_message(exc))
 
     def inference(self, requests: list[Request]) -> None:
         good = [r for r in requests if r.ok]
@@ -158,38 +145,25 @@ class HandlerService:
                 # only that request fails.
                 logger.warning("batched predict failed; retrying one by one", exc_info=True)
         for r in good:
-            self._predict_one(r)
+            with _failures(r, "predict_fn"):
+                r.prediction = self._predict_one(r.data)
 
     def postprocess(self, requests: list[Request]) -> None:
         for r in requests:
-            if not r.ok:
-                continue
-            try:
-                accept, params = _accept_choice(r.accept)
-                with request_params.scoped(_params_of(r, params)):
-                    out = user_module.call(self.fns.output_fn, r.prediction, accept, context=self.context)
-                r.output, r.output_type = _as_response(out, accept)
-            except HTTPError as exc:
-                r.error = exc
-            except Exception as exc:
-                logger.error("output_fn failed for request %d", r.idx, exc_info=True)
-                r.error = InternalError(f"output_fn failed ({type(exc).__name__})")
+            if r.ok:
+                self._negotiate(r, "output_fn", lambda accept, r=r: user_module.call(
+                    self.fns.output_fn, r.prediction, accept, context=self.context))
 
     def transform(self, requests: list[Request]) -> None:
         for r in requests:
-            accept, params = _accept_choice(r.accept)
-            try:
-                ctype = codecs.parse_media_type(r.content_type)[0]
-                with _inference_mode(), request_params.scoped(_params_of(r, params)):
-                    out = user_module.call(
-                        self.fns.transform_fn, self.model, r.body, ctype, accept, context=self.context
-                    )
-                r.output, r.output_type = _as_response(out, accept)
-            except HTTPError as exc:
-                r.error = exc
-            except Exception as exc:
-                logger.error("transform_fn failed for request %d", r.idx, exc_info=True)
-                r.error = InternalError(f"transform_fn failed ({type(exc).__name__})")
+            ctype = codecs.parse_media_type(r.content_type)[0]
+
+            def produce(accept, r=r, ctype=ctype):
+                with _inference_mode():
+                    return user_module.call(self.fns.transform_fn, self.model, r.body, ctype, accept,
+                                            context=self.context)
+
+            self._negotiate(r, "transform_fn", produce)
 
     def respond(self, r: Request, context) -> bytes:
         if r.ok:
@@ -202,6 +176,47 @@ class HandlerService:
         return r.error.body()
 
     # ------------------------------------------------------------ helpers
+    def _negotiate(self, r: Request, stage: str, produce) -> None:
+        """The response in the client's most preferred type that ``produce``
+        (output_fn, transform_fn) makes: each acceptable type in turn.
+
+        A type it refuses (NotAcceptable, or any exception while the default
+        type works) is skipped; a request whose every type is refused gets 406
+        with the list tried. When it fails for the default type too, the
+        user's function is broken: 500."""
+        refused, default_works = [], None
+        with _failures(r, stage):
+            for accept, params in codecs.accept_choices(r.accept, DEFAULT_ACCEPT):
+                try:
+                    with request_params.scoped(_params_of(r, params)):
+                        r.output, r.output_type = _as_response(produce(accept), accept)
+                    return
+                except NotAcceptable:
+                    refused.append(accept)
+                except HTTPError:
+                    raise  # a 4xx of the user's or ours (a bad topk): the answer
+                except Exception as exc:
+                    logger.info("%s refused %s for request %d: %r", stage, accept, r.idx, exc)
+                    refused.append(accept)
+                    if default_works is None:
+                        default_works = accept != DEFAULT_ACCEPT and self._produces_default(r, produce)
+                    if not default_works:
+                        raise
+            raise NotAcceptable(
+                f"cannot produce {r.accept[:200]!r}; tried: {', '.join(refused) or 'none of its types'}"
+                f" (the default is {DEFAULT_ACCEPT})")
+
+    @staticmethod
+    def _produces_default(r: Request, produce) -> bool:
+        """Whether ``produce`` answers in the default type: tells a type it does
+        not make from a broken function (only on the error path)."""
+        try:
+            with request_params.scoped(_params_of(r, {})):
+                _as_response(produce(DEFAULT_ACCEPT), DEFAULT_ACCEPT)
+            return True
+        except Exception:
+            return False
+
     def _predict_batch(self, inputs: list) -> list:
         with _inference_mode():
             preds = user_module.call(self.fns.predict_fn, inputs, self.model, context=self.context)
@@ -209,20 +224,97 @@ class HandlerService:
             raise InternalError("batched predict_fn must return one prediction per input")
         return list(preds)
 
-    def _predict_one(self, r: Request) -> None:
-        try:
-            if self.fns.batched:
-                r.prediction = self._predict_batch([r.data])[0]
-            else:
-                with _inference_mode():
-                    r.prediction = user_module.call(
-                        self.fns.predict_fn, r.data, self.model, context=self.context
-                    )
-        except HTTPError as exc:
-            r.error = exc
-        except Exception as exc:
-            logger.error("predict_fn failed for request %d", r.idx, exc_info=True)
-            r.error = InternalError(f"prediction failed ({type(exc).__name__})")
+    def _predict_one(self, data):
+        if self.fns.batched:
+            return self._predict_batch([data])[0]
+        with _inference_mode():
+            return user_module.call(self.fns.predict_fn, data, self.model, context=self.context)
+
+    def _use_threads(self, n: int) -> None:
+        """torch's intra-op threads for the next batch (a no-op when unchanged)."""
+        if n != self.threads:
+            import torch
+
+            if not self.threads:  # first call: the worker runs one op at a time
+                with contextlib.suppress(RuntimeError):
+                    torch.set_num_interop_threads(1)
+            torch.set_num_threads(n)
+            self.threads = n
+
+
+@contextlib.contextmanager
+def _failures(r: Request, stage: str):
+    """Whatever one request's stage raises becomes that request's HTTP error;
+    the batch goes on."""
+    try:
+        yield
+    except Exception as exc:
+        r.error = http_error(exc, stage, r.idx)
+
+
+def http_error(exc: BaseException, stage: str, idx: int = 0) -> HTTPError:
+    """The answer for an exception from a stage of the contract.
+
+    - our errors and the user's HTTPError: as raised;
+    - a decompression bomb (PIL inside user code, with the workers' pixel limit): 413;
+    - input_fn: 400, the request could not be decoded;
+    - predict_fn: 400 when torch refuses what input_fn made of the request (a
+      wrong shape or dtype for the network: raised inside torch); 500 for out of
+      memory, CUDA errors, and what the user's own code raises;
+    - output_fn / transform_fn: 500 (406 is decided in HandlerService._negotiate).
+    Tracebacks go to the log, never to the client."""
+    if isinstance(exc, HTTPError):
+        return exc
+    if _is_decompression_bomb(exc):
+        logger.info("request %d: %s hit the image pixel limit: %s", idx, stage, exc)
+        return PayloadTooLarge(
+            f"image is too large to decode (limit {config.worker_settings().max_image_pixels} "
+            "pixels, BYOC_MAX_IMAGE_PIXELS)")
+    if stage == "input_fn":
+        logger.info("request %d rejected by input_fn: %s", idx, exc, exc_info=True)
+        return BadRequest(client_message(exc))
+    if stage == "predict_fn" and _rejects_input(exc):
+        logger.info("request %d: the model rejected its input: %s", idx, exc, exc_info=True)
+        return BadRequest(f"the model rejected the input: {client_message(exc)}")
+    logger.error("%s failed for request %d", stage, idx, exc_info=exc)
+    what = "prediction" if stage == "predict_fn" else stage
+    return InternalError(f"{what} failed ({type(exc).__name__})")
+
+
+def _rejects_input(exc: BaseException) -> bool:
+    """Whether torch itself refused the data (the innermost frame is torch's
+    code: a wrong shape or dtype for the network), not out of memory or a CUDA
+    fault (a kernel "not implemented for 'Bool'" is a wrong dtype). An exception
+    that the user's own code raises stays a 500."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(exc, (TypeError, ValueError, IndexError, RuntimeError)):
+        return False
+    if isinstance(exc, (RecursionError, torch.OutOfMemoryError)):
+        return False
+    text = str(exc).lower()
+    if any(s in text for s in ("out of memory", "can't allocate memory", "cuda error", "cudnn", "nccl")):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    torch_dir = os.path.dirname(torch.__file__) + os.sep
+    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(torch_dir)
+
+
+def _is_decompression_bomb(exc: BaseException | None) -> bool:
+    """PIL's bomb error or warning (an error in the workers) anywhere in the
+    exception's chain: user code often re-raises it as its own ValueError."""
+    image = sys.modules.get("PIL.Image")
+    if image is None:
+        return False
+    bombs = (image.DecompressionBombError, image.DecompressionBombWarning)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, bombs):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _as_response(out, accept: str) -> tuple[bytes, str]:
@@ -244,18 +336,16 @@ def _inference_mode():
     return torch.inference_mode()
 
 
-def _limit_threads() -> None:
-    """One worker's share of the CPUs (OMP_NUM_THREADS, set by `serve`):
-    workers x threads must not exceed the cores."""
-    import torch
+def _limit_image_pixels(max_pixels: int) -> None:
+    """PIL inside user code gets the pixel limit of our decoders: Pillow warns
+    above MAX_IMAGE_PIXELS (and raises above twice that); the warning becomes an
+    error, answered 413 (http_error), before the pixels are decoded."""
+    import warnings
 
-    raw = os.environ.get("OMP_NUM_THREADS", "")
-    if raw.isdigit() and int(raw) > 0:
-        torch.set_num_threads(int(raw))
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:
-            pass  # already set in this process
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
 def _select_device(gpu_id) -> None:
@@ -267,25 +357,27 @@ def _select_device(gpu_id) -> None:
         torch.cuda.set_device(int(gpu_id))
 
 
-def _set_log_level() -> None:
-    raw = os.environ.get("SAGEMAKER_CONTAINER_LOG_LEVEL", "")
-    level = int(raw) if raw.isdigit() else logging.INFO
+def _set_log_level(level: int) -> None:
     for name in ("serve", "handlers"):
         logging.getLogger(name).setLevel(level)
 
 
 class _busy_marker:
     """A file that exists while this worker handles a batch: `serve` waits for
-    none to be left before it stops TorchServe (drain on SIGTERM)."""
+    none to be left before it stops TorchServe (drain on SIGTERM), and the
+    workers count each other's to share the cores (adaptive threads)."""
+
+    def __init__(self, status_dir: str | None):
+        self.status_dir = status_dir
+        self.path = os.path.join(status_dir, f"busy-{os.getpid()}") if status_dir else None
 
     def __enter__(self):
-        status_dir = os.environ.get("BYOC_SERVE_STATUS_DIR")
-        self.path = os.path.join(status_dir, f"busy-{os.getpid()}") if status_dir else None
         if self.path:
             try:
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o644))
             except OSError:
                 self.path = None
+        return self
 
     def __exit__(self, *exc):
         if self.path:
@@ -294,11 +386,17 @@ class _busy_marker:
             except OSError:
                 pass
 
+    def workers(self) -> int:
+        """Workers handling a batch now, this one included."""
+        if not self.path:
+            return 1
+        return max(1, len(glob.glob(os.path.join(self.status_dir, "busy-*"))))
+
 
 def _report_load_failure(exc: BaseException) -> None:
     """Tell `serve` that the model cannot load, so it exits instead of letting
     TorchServe restart the worker forever."""
-    status_dir = os.environ.get("BYOC_SERVE_STATUS_DIR")
+    status_dir = config.worker_settings().status_dir
     if not status_dir:
         return
     try:

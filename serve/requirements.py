@@ -19,12 +19,13 @@ class RequirementsError(Exception):
     """The model's requirements cannot be (or may not be) installed."""
 
 
-def install(model_dir: str, workdir: str, environ=os.environ) -> str | None:
-    """Install code/requirements.txt; return the folder for PYTHONPATH, or None without one."""
+def install(model_dir: str, workdir: str, allowed: bool) -> str | None:
+    """Install code/requirements.txt; return the folder for PYTHONPATH, or None without one.
+    ``allowed``: ServeConfig.install_requirements (BYOC_INSTALL_REQUIREMENTS)."""
     requirements = os.path.join(model_dir, "code", "requirements.txt")
     if not os.path.isfile(requirements):
         return None
-    if environ.get(ALLOW_VAR, "").strip().lower() not in ("1", "true", "yes"):
+    if not allowed:
         raise RequirementsError(
             f"the model has code/requirements.txt and installing packages at start is off: "
             f"set {ALLOW_VAR}=true to allow it (add code/wheelhouse/ to install offline), "

@@ -61,3 +61,21 @@ def png_bytes(jpeg_bytes) -> bytes:
     buf = io.BytesIO()
     Image.open(io.BytesIO(jpeg_bytes)).convert("RGB").save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def fresh_worker_settings():
+    """serve.config.worker_settings() is read once per worker: each test reads
+    it anew, after its own monkeypatched environment."""
+    import warnings
+
+    from PIL import Image
+
+    from serve import config
+
+    config.worker_settings.cache_clear()
+    pixels = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():  # a worker turns PIL's bomb warning into an error
+        yield
+    Image.MAX_IMAGE_PIXELS = pixels
+    config.worker_settings.cache_clear()

@@ -155,21 +155,26 @@ def test_encode_unknown_accept_is_406():
 @pytest.mark.parametrize(
     "accept,expected",
     [
-        ("", "application/json"),
-        ("*/*", "application/json"),
-        ("text/csv", "text/csv"),
-        ("application/x-npy;q=0.5, text/csv", "text/csv"),
-        ("image/png, application/*", "application/json"),
-        ("text/*", "text/csv"),
+        ("", ["application/json"]),
+        ("*/*", ["application/json"]),
+        ("text/csv", ["text/csv"]),
+        ("application/x-npy;q=0.5, text/csv", ["text/csv", "application/x-npy"]),
+        ("image/png, application/*", ["image/png", "application/json", "application/x-npy"]),
+        ("text/*", ["text/csv"]),
+        ("text/html, application/json;q=0.9", ["text/html", "application/json"]),
+        ("application/json;q=0.2, text/csv;q=0.8, */*;q=0.1", ["text/csv", "application/json"]),
+        ("application/*, application/json;q=0", ["application/x-npy"]),
+        ("image/*", []),                                          # nothing known under it: 406
+        ("text/csv;q=x, application/json", ["text/csv", "application/json"]),  # a bad q counts as 1
+        ("application/json, application/json;topk=2", ["application/json"]),
     ],
 )
-def test_negotiate(accept, expected):
-    assert codecs.negotiate(accept, codecs.ENCODE_TYPES, "application/json") == expected
+def test_accept_choices_in_preference_order(accept, expected):
+    assert [t for t, _ in codecs.accept_choices(accept)] == expected
 
 
-def test_negotiate_406():
-    with pytest.raises(NotAcceptable):
-        codecs.negotiate("image/png", codecs.ENCODE_TYPES, "application/json")
+def test_accept_choices_keep_parameters_other_than_q():
+    assert codecs.accept_choices("application/json; topk=3; q=0.5") == [("application/json", {"topk": "3"})]
 
 
 def test_error_body_is_json_without_paths():

@@ -2,7 +2,7 @@ import logging
 
 import pytest
 
-from serve.config import MB, ConfigError, ServeConfig, jvm_heap_mb, parse_properties
+from serve.config import MB, ConfigError, ServeConfig, WorkerSettings, jvm_heap_mb, parse_properties
 
 BASE = dict(gpus=0, cpus=8, memory_bytes=16 * 1024 * MB)
 
@@ -20,8 +20,9 @@ def test_defaults():
     assert props["management_address"] == "http://127.0.0.1:8081"
     assert props["metrics_address"] == "http://127.0.0.1:8082"
     assert props["disable_token_authorization"] == "true"
-    assert props["default_workers_per_model"] == "4"  # 8 cpus // 2
-    assert c.threads_per_worker == 2
+    assert props["default_workers_per_model"] == "8"  # one per core
+    assert c.threads_per_worker == 8 and c.worker.threads == 0  # adaptive, up to every core
+    assert c.worker_env()["OMP_NUM_THREADS"] == "8" and c.worker_env()["BYOC_WORKER_CPUS"] == "8"
     assert props["max_request_size"] == str(6 * MB) == props["max_response_size"]
     assert props["install_py_dep_per_model"] == "false"
     assert props["decode_input_request"] == "false"
@@ -74,7 +75,7 @@ def test_each_variable():
     assert props["max_request_size"] == str(20 * MB)
     assert c.log_level == logging.WARNING
     assert "-Xmx700m" in props["vmargs"]
-    assert c.threads_per_worker == 8 // 3
+    assert (c.threads_per_worker, c.worker.threads) == (8, 0)  # adaptive: 8 // workers busy
     assert (c.model_dir, c.workdir, c.program) == ("/models/x", "/work/dir", "serve_me.py")
     assert c.worker_env()["SAGEMAKER_PROGRAM"] == "serve_me.py"
 
@@ -91,13 +92,48 @@ def test_workers_default_one_per_gpu():
     assert c.workers == 4 and c.threads_per_worker == 8
 
 
-def test_two_cores_one_worker_two_threads():
+def test_two_cores_two_workers_adaptive_threads():
     c = ServeConfig.from_env({}, gpus=0, cpus=2, memory_bytes=None)
-    assert (c.workers, c.threads_per_worker) == (1, 2)
+    assert (c.workers, c.threads_per_worker, c.worker.threads, c.worker.cpus) == (2, 2, 0, 2)
 
 
 def test_omp_num_threads_wins():
-    assert cfg(OMP_NUM_THREADS=1).threads_per_worker == 1
+    c = cfg(OMP_NUM_THREADS=1)
+    assert c.threads_per_worker == c.worker.threads == 1
+    assert c.worker_env()["BYOC_WORKER_THREADS"] == "1"
+
+
+def test_workers_override_keeps_threads_adaptive():
+    c = cfg(SAGEMAKER_MODEL_SERVER_WORKERS=2)
+    assert (c.workers, c.worker.threads) == (2, 0)
+
+
+def test_worker_settings_round_trip_through_the_environment():
+    c = cfg(BYOC_TOPK=3, BYOC_MAX_INSTANCES=8, BYOC_MAX_IMAGE_PIXELS=1000, SAGEMAKER_PROGRAM="x.py",
+            SAGEMAKER_CONTAINER_LOG_LEVEL="DEBUG", OMP_NUM_THREADS=2)
+    env = c.worker_env()
+    assert "BYOC_MAX_PAYLOAD_BYTES" not in env  # nothing reads it: the front door has the limit
+    assert WorkerSettings.from_env(env) == c.worker
+    assert (c.worker.topk, c.worker.max_instances, c.worker.max_image_pixels) == (3, 8, 1000)
+    assert (c.worker.program, c.worker.log_level, c.worker.threads, c.worker.cpus) == ("x.py", 10, 2, 8)
+
+
+@pytest.mark.parametrize("value,expected", [("", False), ("true", True), ("1", True), ("no", False)])
+def test_install_requirements(value, expected):
+    assert cfg(BYOC_INSTALL_REQUIREMENTS=value).install_requirements is expected
+
+
+def test_every_variable_is_in_the_documented_list():
+    """serve/config.py's docstring is the complete list README points to."""
+    import re
+
+    from serve import config
+
+    source = open(config.__file__).read()
+    read = set(re.findall(r'"((?:SAGEMAKER|BYOC|SM|OMP)_[A-Z_]+)"', source))
+    internal = {"BYOC_WORKER_THREADS", "BYOC_WORKER_CPUS", "BYOC_SERVE_STATUS_DIR", "MKL_NUM_THREADS"}
+    missing = [name for name in sorted(read - internal) if name not in config.__doc__]
+    assert not missing
 
 
 @pytest.mark.parametrize("level,expected", [("10", 10), ("debug", 10), ("ERROR", 40), ("", 20)])
@@ -124,6 +160,14 @@ def test_log_levels(level, expected):
         ("SAGEMAKER_SAFE_PORT_RANGE", "10000-10003"),  # fewer than 5 ports
         ("SAGEMAKER_PROGRAM", "../evil.py"),
         ("SAGEMAKER_PROGRAM", "inference.sh"),
+        ("BYOC_TOPK", "0"),
+        ("BYOC_TOPK", "five"),
+        ("BYOC_MAX_INSTANCES", "-1"),
+        ("BYOC_MAX_IMAGE_PIXELS", "40MP"),
+        ("BYOC_INSTALL_REQUIREMENTS", "maybe"),
+        ("BYOC_SERVE_STARTUP_TIMEOUT", "0"),
+        ("BYOC_SERVE_GRACE_PERIOD", "-1"),
+        ("BYOC_SERVE_JVM_HEAP_MB", "lots"),
     ],
 )
 def test_bad_values_name_the_variable(name, value):

@@ -130,7 +130,7 @@ def test_workshop_script_no_model_json(tmp_path):
         [
             (b"[[1, 2, 3, 4]]", {"Content-Type": "application/json"}),
             (b"[[1, 2, 3, 4]]", {"Content-Type": "text/csv"}),  # input_fn raises -> 400
-            (b"[[1, 2, 3, 4, 5]]", {"Content-Type": "application/json"}),  # predict_fn raises -> 500
+            (b"[[1, 2, 3, 4, 5]]", {"Content-Type": "application/json"}),  # predict_fn raises -> 500 (its own error)
             (b"[[1, 2, 3, 4]]", {"Content-Type": "application/json", "Accept": "application/x-npy"}),
         ],
     )
@@ -260,3 +260,144 @@ def test_each_worker_makes_cuda_mean_its_own_gpu(tmp_path, monkeypatch, gpu_id):
     s = HandlerService()
     s.initialize(make_context(model_dir, [{}], gpu=gpu_id))
     assert picked == [gpu_id] and s.model == gpu_id
+
+
+# ---------------------------------------------------------------- a workshop's inference.py
+WORKSHOP_IMAGES = '''
+"""ResNet classifier, workshop style: PIL + torchvision transforms, JSON out only."""
+import io, json, os
+import torch, torchvision
+from PIL import Image
+from torchvision import transforms
+
+PREPROCESS = transforms.Compose([transforms.Resize(72), transforms.CenterCrop(64), transforms.ToTensor(),
+                                 transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+
+def model_fn(model_dir):
+    model = torchvision.models.resnet18(num_classes=3)
+    model.load_state_dict(torch.load(os.path.join(model_dir, "model.pt"), map_location="cpu", weights_only=True))
+    return model.eval()
+
+def input_fn(request_body, content_type):
+    if content_type == "application/json":
+        return torch.tensor(json.loads(request_body))
+    if content_type in ("image/jpeg", "application/x-image"):
+        image = Image.open(io.BytesIO(request_body)).convert("RGB")
+        return PREPROCESS(image).unsqueeze(0)
+    raise ValueError(f"unsupported content type {content_type}")
+
+def predict_fn(input_data, model):
+    with torch.no_grad():
+        return model(input_data)
+
+def output_fn(prediction, accept):
+    if accept != "application/json":
+        raise ValueError(f"unsupported accept {accept}")
+    return json.dumps(torch.softmax(prediction[0], dim=0).tolist())
+'''
+
+
+def jpeg_claiming(jpeg: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its SOF header rewritten to claim width x height."""
+    sof = next(i for i in range(len(jpeg) - 1) if jpeg[i] == 0xFF and jpeg[i + 1] in (0xC0, 0xC2))
+    return jpeg[:sof + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + jpeg[sof + 9:]
+
+
+@pytest.fixture
+def workshop(model_dir):
+    write_code(model_dir, WORKSHOP_IMAGES)
+    return service_for(model_dir)
+
+
+@pytest.mark.parametrize("accept", ["text/csv", "application/xml", "image/png", "text/html",
+                                    "application/x-npy", "application/jsonx", "application/json;q=0"])
+def test_an_accept_output_fn_does_not_produce_is_406(workshop, model_dir, jpeg_bytes, accept):
+    [(code, ctype, body)] = run_batch(workshop, model_dir,
+                                      [(jpeg_bytes, {"Content-Type": "image/jpeg", "Accept": accept})])
+    reason = json.loads(body)
+    assert (code, ctype, reason["code"]) == (406, "application/json", 406), body
+    if accept != "application/json;q=0":
+        assert f"tried: {accept}" in reason["message"]
+
+
+@pytest.mark.parametrize("accept", ["text/html, application/json;q=0.9", "text/csv;q=0.5, */*;q=0.1",
+                                    "application/*", "*/*", ""])
+def test_the_clients_types_are_tried_in_its_order(workshop, model_dir, jpeg_bytes, accept):
+    [(code, ctype, body)] = run_batch(workshop, model_dir,
+                                      [(jpeg_bytes, {"Content-Type": "image/jpeg", "Accept": accept})])
+    assert (code, ctype) == (200, "application/json") and len(json.loads(body)) == 3
+
+
+def test_the_first_type_output_fn_produces_wins(model_dir, jpeg_bytes):
+    write_code(model_dir, WORKSHOP_IMAGES.replace('''    if accept != "application/json":''', '''    if accept == "text/csv":
+        return ",".join(map(str, prediction[0].tolist())), accept
+    if accept != "application/json":'''))
+    s = service_for(model_dir)
+    res = run_batch(s, model_dir, [
+        (jpeg_bytes, {"Content-Type": "image/jpeg", "Accept": "image/png, text/csv;q=0.8, application/json;q=0.9"}),
+        (jpeg_bytes, {"Content-Type": "image/jpeg", "Accept": "image/png, text/csv;q=0.8"}),
+    ])
+    assert [(code, ctype) for code, ctype, _ in res] == [(200, "application/json"), (200, "text/csv")]
+
+
+def test_an_output_fn_broken_for_json_too_is_500(model_dir, jpeg_bytes):
+    write_code(model_dir, WORKSHOP_IMAGES + "\ndef output_fn(prediction, accept):\n    raise KeyError(accept)\n")
+    s = service_for(model_dir)
+    res = run_batch(s, model_dir, [(jpeg_bytes, {"Content-Type": "image/jpeg", "Accept": "text/csv"}),
+                                   (jpeg_bytes, {"Content-Type": "image/jpeg"})])
+    assert [code for code, _, _ in res] == [500, 500]
+    assert json.loads(res[0][2])["message"] == "output_fn failed (KeyError)"
+
+
+def test_bool_array_the_model_rejects_is_400(workshop, model_dir, jpeg_bytes):
+    """The rule: torch refusing what the user's input_fn made of the request
+    (a wrong dtype or shape, raised inside torch) is the request's fault."""
+    bools = json.dumps(np.ones((1, 3, 64, 64), dtype=bool).tolist()).encode()
+    res = run_batch(workshop, model_dir, [
+        (bools, {"Content-Type": "application/json"}),
+        (b"[[1.0, 2.0]]", {"Content-Type": "application/json"}),
+        (jpeg_bytes, {"Content-Type": "image/jpeg"}),
+    ])
+    assert [code for code, _, _ in res] == [400, 400, 200]
+    reason = json.loads(res[0][2])["message"]
+    assert reason.startswith("the model rejected the input:") and "/" not in reason.split(":", 1)[1][:3]
+
+
+@pytest.mark.parametrize("size", [(12000, 12000), (8000, 8000)])  # over 2x the limit (PIL's error); over 1x (its warning)
+def test_decompression_bomb_inside_user_code_is_413(workshop, model_dir, jpeg_bytes, size):
+    bomb = jpeg_claiming(jpeg_bytes, *size)
+    res = run_batch(workshop, model_dir, [(bomb, {"Content-Type": "image/jpeg"}),
+                                          (jpeg_bytes, {"Content-Type": "image/jpeg"})])
+    assert [code for code, _, _ in res] == [413, 200]
+    assert "BYOC_MAX_IMAGE_PIXELS" in json.loads(res[0][2])["message"]
+
+
+def test_user_code_pixel_limit_follows_the_setting(model_dir, jpeg_bytes, monkeypatch):
+    monkeypatch.setenv("BYOC_MAX_IMAGE_PIXELS", "10000")
+    write_code(model_dir, WORKSHOP_IMAGES)
+    s = service_for(model_dir)
+    [(code, _, _)] = run_batch(s, model_dir, [(jpeg_bytes, {"Content-Type": "image/jpeg"})])
+    assert code == 413  # the 512x512 photo is over 10,000 pixels
+
+
+def test_threads_adapt_to_the_workers_busy(model_dir, jpeg_bytes, tmp_path, monkeypatch):
+    """Alone a worker uses every core; with another worker busy, its share."""
+    import torch
+
+    status = tmp_path / "status"
+    status.mkdir()
+    monkeypatch.setenv("BYOC_SERVE_STATUS_DIR", str(status))
+    monkeypatch.setenv("BYOC_WORKER_CPUS", "2")
+    monkeypatch.setenv("BYOC_WORKER_THREADS", "0")
+    before = torch.get_num_threads()
+    try:
+        write_code(model_dir, WORKSHOP_IMAGES)
+        s = service_for(model_dir)
+        run_batch(s, model_dir, [(jpeg_bytes, {"Content-Type": "image/jpeg"})])
+        assert s.threads == torch.get_num_threads() == 2
+        (status / "busy-999999").touch()  # another worker mid-batch
+        run_batch(s, model_dir, [(jpeg_bytes, {"Content-Type": "image/jpeg"})])
+        assert s.threads == torch.get_num_threads() == 1
+        assert sorted(p.name for p in status.iterdir()) == ["busy-999999"]  # ours is gone
+    finally:
+        torch.set_num_threads(before)

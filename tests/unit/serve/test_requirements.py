@@ -38,19 +38,19 @@ def model_with_requirements(tmp_path, lines):
 
 def test_no_requirements_installs_nothing(tmp_path):
     (tmp_path / "model" / "code").mkdir(parents=True)
-    assert requirements.install(str(tmp_path / "model"), str(tmp_path / "work"), {}) is None
+    assert requirements.install(str(tmp_path / "model"), str(tmp_path / "work"), False) is None
 
 
 def test_requirements_are_refused_unless_allowed(tmp_path):
     model = model_with_requirements(tmp_path, "byoc_extra==0.1\n")
     with pytest.raises(requirements.RequirementsError, match="BYOC_INSTALL_REQUIREMENTS=true"):
-        requirements.install(str(model), str(tmp_path / "work"), {})
+        requirements.install(str(model), str(tmp_path / "work"), False)
 
 
 def test_allowed_requirements_install_offline_from_the_wheelhouse(tmp_path):
     model = model_with_requirements(tmp_path, "byoc_extra==0.1\n")
     write_wheel(model / "code" / "wheelhouse")
-    site = requirements.install(str(model), str(tmp_path / "work"), {"BYOC_INSTALL_REQUIREMENTS": "true"})
+    site = requirements.install(str(model), str(tmp_path / "work"), True)
     probe = subprocess.run([sys.executable, "-c", "import byoc_extra; print(byoc_extra.ANSWER)"],
                            env={"PYTHONPATH": site}, capture_output=True, text=True)
     assert probe.stdout.strip() == "42", probe.stderr
@@ -60,4 +60,4 @@ def test_a_failing_install_says_why(tmp_path):
     model = model_with_requirements(tmp_path, "not_in_the_wheelhouse==9.9\n")
     write_wheel(model / "code" / "wheelhouse")
     with pytest.raises(requirements.RequirementsError, match="not_in_the_wheelhouse"):
-        requirements.install(str(model), str(tmp_path / "work"), {"BYOC_INSTALL_REQUIREMENTS": "1"})
+        requirements.install(str(model), str(tmp_path / "work"), True)
