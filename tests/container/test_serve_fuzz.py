@@ -401,3 +401,84 @@ def test_methods_forms_and_oversize_get_a_json_4xx(fuzz_server, case):
         return
     why = _problem(Case("odd", case.body, case.content_type, case.expect), status, ctype, body)
     assert why is None, f"{case!r}: {why}"
+
+
+# ---------------------------------------------------------------- the same set through user code
+WORKSHOP_CODE = ROOT / "tests" / "container" / "workshop" / "resnet_serving" / "inference.py"
+
+
+def user_code_cases():
+    """Issue 11's cases for a workshop inference.py, with the answer each must get."""
+    jpeg = PHOTOS[0].read_bytes()
+    cases = [Case("accept-not-produced", jpeg, "image/jpeg", 406, accept=accept)
+             for accept in ("text/csv", "application/xml", "image/png", "text/html", "application/x-npy",
+                            "application/jsonx")]
+    cases.append(Case("accept-in-order", jpeg, "image/jpeg", 200, accept="text/html, application/json;q=0.9"))
+    cases.append(Case("bool-array", json.dumps(np.ones((1, 3, 64, 64), bool).tolist()).encode(),
+                      "application/json", 400))
+    cases += [Case("bomb-in-user-code", _patch_jpeg_size(jpeg, size, size), "image/jpeg", 413)
+              for size in (12000, 7000)]
+    return cases
+
+
+@pytest.fixture(scope="module")
+def user_code_server(docker, serve_image, tmp_path_factory, free_port):
+    model = classifier_model_dir(tmp_path_factory.mktemp("fuzz-user-code"))
+    (model / "model.json").unlink()  # a workshop's model: model.pt and code/ only
+    (model / "code" / "inference.py").write_bytes(WORKSHOP_CODE.read_bytes())
+    port = free_port()
+    name = f"byoc-test-fuzz-user-{port}"
+    env = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(MAX_PAYLOAD_MB), "SAGEMAKER_TS_BATCH_SIZE": "4",
+           "SAGEMAKER_TS_MAX_BATCH_DELAY": "30"}
+    try:
+        url = start_serve(docker, serve_image, model, port, name, env=env)
+        wait_healthy(docker, name, url)
+        yield name, url
+    finally:
+        subprocess.run([docker, "rm", "-f", name], capture_output=True)
+
+
+def test_fuzz_set_through_user_code_gets_no_5xx(user_code_server, docker):
+    """The 291 cases and issue 11's through a workshop inference.py: the user's
+    code decides what it accepts, so the 4xx may differ from the default handler's,
+    but no answer is a 5xx, each non-2xx is a JSON reason, and the issue's cases get
+    exactly their answer. The photos among them answer as before."""
+    name, url = user_code_server
+
+    def predict(photo):
+        request = urllib.request.Request(url + "/invocations", data=photo.read_bytes(),
+                                         headers={"Content-Type": "image/jpeg"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+    before = {photo: predict(photo) for photo in PHOTOS}
+    special = user_code_cases()
+    cases = corpus() + special
+    good = [Case("photo", photo.read_bytes(), "image/jpeg", 200) for photo in PHOTOS]
+    answers = asyncio.run(_send_all(url, cases, good, concurrency=8))
+    problems, by_status = [], Counter()
+    for case, (status, ctype, body) in answers:
+        if case.kind == "photo":
+            photo = PHOTOS[[g.body for g in good].index(case.body)]
+            probs = [p["probability"] for p in json.loads(body)] if status == 200 else None
+            if probs is None or not np.allclose(probs, [p["probability"] for p in before[photo]], atol=1e-4):
+                problems.append(f"{photo.name} sent among the bad ones: {status} {body[:200]!r}")
+            continue
+        by_status[status] += 1
+        if case in special:
+            why = _problem(case, status, ctype, body) if status != 200 else (
+                None if ctype.startswith("application/json") and len(json.loads(body)) == 3 else f"{ctype} {body[:100]!r}")
+        elif status >= 500:
+            why = f"status {status}: {body[:300]!r}"
+        elif status >= 400:
+            why = _problem(Case(case.kind, b"", None, status), status, ctype, body)
+        else:
+            why = None
+        if why:
+            problems.append(f"{case!r}: {why}")
+    print(f"\nfuzz through user code: {len(cases)} cases ({len(special)} of issue 11), by status "
+          f"{dict(sorted(by_status.items()))}")
+    assert not problems, f"{len(problems)} of {len(answers)} answers:\n" + "\n".join(problems[:40])
+    wait_healthy(docker, name, url, timeout=30)
+    assert all(np.allclose([p["probability"] for p in predict(photo)],
+                           [p["probability"] for p in before[photo]], atol=1e-4) for photo in PHOTOS)
