@@ -19,10 +19,13 @@ say "1/3 train: ${BYOC_TRAIN_IMAGE}, built-in trainer on samples/textures (brick
 rm -rf "$OUT"
 mkdir -p "$OUT/ml/input/config" "$OUT/ml/input/data"
 cp -r "$ROOT/samples/textures" "$OUT/ml/input/data/train"
-# SageMaker passes every hyperparameter as a string.
+# SageMaker passes every hyperparameter as a string. Textures are told apart by
+# their scale: min-crop-scale 0.6 keeps the training crops near the scale the
+# query photos are seen at (the default 0.25 zooms in up to 2x), and 15 epochs
+# settle it. With 10 epochs and 0.25, gravel.jpg was called grass in 2 of 4 seeds.
 cat >"$OUT/ml/input/config/hyperparameters.json" <<'JSON'
-{"arch": "resnet18", "image-size": "64", "epochs": "10", "batch-size": "16",
- "lr": "0.05", "val-fraction": "0.2", "seed": "0"}
+{"arch": "resnet18", "image-size": "64", "epochs": "15", "batch-size": "16",
+ "lr": "0.05", "val-fraction": "0.2", "min-crop-scale": "0.6", "seed": "0"}
 JSON
 cat >"$OUT/ml/input/config/inputdataconfig.json" <<'JSON'
 {"train": {"ContentType": "image/png", "TrainingInputMode": "File"}}
@@ -54,8 +57,8 @@ port, path = sys.argv[1], sys.argv[2]
 request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=open(path, "rb").read(),
                                  headers={"Content-Type": "image/jpeg", "Accept": "application/json"})
 body = json.load(urllib.request.urlopen(request, timeout=30))
-best = body["predictions"][0]
-print(best["label"], f'{best["probability"]:.3f}')
+top3 = body["predictions"][:3]
+print(", ".join(f'{p["label"]} {p["probability"]:.3f}' for p in top3))
 PY
 )
   echo "$(basename "$photo"): ${answer}"

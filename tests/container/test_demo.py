@@ -32,11 +32,17 @@ def test_demo_trains_serves_and_predicts_the_photos(demo):
     assert spec["classes"] == ["brick", "grass", "gravel"]
     assert (model / "model.pt").is_file() and (model / "code" / "inference.py").is_file()
     assert (out / "ml" / "output" / "success").is_file()
-    # one answer per photo, a known label each, most of them right
+    # one answer per photo, its top 3 (every class once, most probable first), all right
     answers = dict(line.split(": ", 1) for line in run.stdout.splitlines() if line.endswith(tuple("0123456789")) and ".jpg: " in line)
     assert set(answers) == {"brick.jpg", "grass.jpg", "gravel.jpg"}
+    for photo, answer in answers.items():
+        top3 = [item.split() for item in answer.split(", ")]
+        assert sorted(label for label, _ in top3) == ["brick", "grass", "gravel"], answer
+        probs = [float(p) for _, p in top3]
+        assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 0.01, answer
     right = sum(answer.split()[0] == photo[:-4] for photo, answer in answers.items())
-    assert right >= 2, answers
+    assert right == 3, answers
+    assert "done: 3 of 3 photos classified right" in run.stdout
 
 
 @pytest.fixture(scope="module")
