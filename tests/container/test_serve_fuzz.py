@@ -248,15 +248,19 @@ def corpus():
 
 
 # ---------------------------------------------------------------- the server
-@pytest.fixture(scope="module")
-def fuzz_server(docker, serve_image, tmp_path_factory, free_port):
-    model = classifier_model_dir(tmp_path_factory.mktemp("fuzz-model"))
-    port = free_port()
-    name = f"byoc-test-fuzz-{port}"
+def _fuzz_server(docker, serve_image, model, name, port):
+    """The serving image on ``model`` with a 1 MB payload limit and batches of up to 4."""
     env = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(MAX_PAYLOAD_MB), "SAGEMAKER_TS_BATCH_SIZE": "4",
            "SAGEMAKER_TS_MAX_BATCH_DELAY": "30"}
     with serving(docker, serve_image, model, port, name, env=env) as url:
         yield name, url
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(docker, serve_image, tmp_path_factory, free_port):
+    model = classifier_model_dir(tmp_path_factory.mktemp("fuzz-model"))
+    port = free_port()
+    yield from _fuzz_server(docker, serve_image, model, f"byoc-test-fuzz-{port}", port)
 
 
 async def _send(session, url, case):
@@ -427,15 +431,7 @@ def user_code_server(docker, serve_image, tmp_path_factory, free_port):
     (model / "model.json").unlink()  # a workshop's model: model.pt and code/ only
     (model / "code" / "inference.py").write_bytes(WORKSHOP_CODE.read_bytes())
     port = free_port()
-    name = f"byoc-test-fuzz-user-{port}"
-    env = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(MAX_PAYLOAD_MB), "SAGEMAKER_TS_BATCH_SIZE": "4",
-           "SAGEMAKER_TS_MAX_BATCH_DELAY": "30"}
-    try:
-        url = start_serve(docker, serve_image, model, port, name, env=env)
-        wait_healthy(docker, name, url)
-        yield name, url
-    finally:
-        subprocess.run([docker, "rm", "-f", name], capture_output=True)
+    yield from _fuzz_server(docker, serve_image, model, f"byoc-test-fuzz-user-{port}", port)
 
 
 def test_fuzz_set_through_user_code_gets_no_5xx(user_code_server, docker):

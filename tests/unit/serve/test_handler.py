@@ -1,6 +1,7 @@
 import io
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,38 +264,10 @@ def test_each_worker_makes_cuda_mean_its_own_gpu(tmp_path, monkeypatch, gpu_id):
 
 
 # ---------------------------------------------------------------- a workshop's inference.py
-WORKSHOP_IMAGES = '''
-"""ResNet classifier, workshop style: PIL + torchvision transforms, JSON out only."""
-import io, json, os
-import torch, torchvision
-from PIL import Image
-from torchvision import transforms
-
-PREPROCESS = transforms.Compose([transforms.Resize(72), transforms.CenterCrop(64), transforms.ToTensor(),
-                                 transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-
-def model_fn(model_dir):
-    model = torchvision.models.resnet18(num_classes=3)
-    model.load_state_dict(torch.load(os.path.join(model_dir, "model.pt"), map_location="cpu", weights_only=True))
-    return model.eval()
-
-def input_fn(request_body, content_type):
-    if content_type == "application/json":
-        return torch.tensor(json.loads(request_body))
-    if content_type in ("image/jpeg", "application/x-image"):
-        image = Image.open(io.BytesIO(request_body)).convert("RGB")
-        return PREPROCESS(image).unsqueeze(0)
-    raise ValueError(f"unsupported content type {content_type}")
-
-def predict_fn(input_data, model):
-    with torch.no_grad():
-        return model(input_data)
-
-def output_fn(prediction, accept):
-    if accept != "application/json":
-        raise ValueError(f"unsupported accept {accept}")
-    return json.dumps(torch.softmax(prediction[0], dim=0).tolist())
-'''
+# The workshop-style inference.py the container fuzz test serves (64 px, 3 classes,
+# PIL + torchvision transforms, JSON arrays as tensors, an output_fn that does JSON only).
+WORKSHOP_IMAGES = (Path(__file__).resolve().parents[2] / "container" / "workshop" / "resnet_serving"
+                   / "inference.py").read_text()
 
 
 def jpeg_claiming(jpeg: bytes, width: int, height: int) -> bytes:
