@@ -27,6 +27,8 @@ BYOC_SERVE_JVM_HEAP_MB          frontend heap (default: from the container memor
 OMP_NUM_THREADS                 torch threads per worker (default on GPU: cpus // workers; on
                                 CPU: adaptive, the cores shared among the workers busy at that
                                 moment: a lone request gets every core, a full server one each)
+OMP_WAIT_POLICY                 OpenMP's idle threads (default with adaptive threads: PASSIVE, they
+                                sleep: spinning ones stall a worker whose core another one took)
 BYOC_TS_PLUGINS_DIR             TorchServe endpoint plugins (default /opt/byoc/ts-plugins)
 BYOC_INSTALL_REQUIREMENTS       true/false: pip install code/requirements.txt at start (default false)
 BYOC_TOPK                       classes listed per prediction by the default handlers (default 5)
@@ -252,6 +254,7 @@ class ServeConfig:
     cpus: int = 1
     plugins_dir: str | None = None  # our TorchServe endpoint plugins (/ping, /execution-parameters)
     install_requirements: bool = False
+    omp_wait_policy: str = ""
     worker: WorkerSettings = WorkerSettings()
 
     @classmethod
@@ -306,6 +309,9 @@ class ServeConfig:
             cpus=cpus,
             plugins_dir=_plugins_dir(env),
             install_requirements=_bool(env, "BYOC_INSTALL_REQUIREMENTS", False),
+            # Measured on a shared 2-core host (bench/README.md): 2 torch threads ran resnet18
+            # at 3-9 img/s with OpenMP's default spinning, 18-19 with PASSIVE, 21 with 1 thread.
+            omp_wait_policy=env.get("OMP_WAIT_POLICY", "").strip() or ("PASSIVE" if adaptive else ""),
             worker=dataclasses.replace(WorkerSettings.from_env(env), threads=0 if adaptive else threads,
                                        cpus=cpus, status_dir=None),
         )
@@ -393,6 +399,7 @@ class ServeConfig:
             # The most threads a worker's torch uses (the adaptive count stays within it).
             "OMP_NUM_THREADS": str(self.threads_per_worker),
             "MKL_NUM_THREADS": str(self.threads_per_worker),
+            **({"OMP_WAIT_POLICY": self.omp_wait_policy} if self.omp_wait_policy else {}),
             **self.worker.env(),
         }
 

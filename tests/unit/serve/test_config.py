@@ -23,6 +23,7 @@ def test_defaults():
     assert props["default_workers_per_model"] == "8"  # one per core
     assert c.threads_per_worker == 8 and c.worker.threads == 0  # adaptive, up to every core
     assert c.worker_env()["OMP_NUM_THREADS"] == "8" and c.worker_env()["BYOC_WORKER_CPUS"] == "8"
+    assert c.worker_env()["OMP_WAIT_POLICY"] == "PASSIVE"
     assert props["max_request_size"] == str(6 * MB) == props["max_response_size"]
     assert props["install_py_dep_per_model"] == "false"
     assert props["decode_input_request"] == "false"
@@ -101,6 +102,8 @@ def test_omp_num_threads_wins():
     c = cfg(OMP_NUM_THREADS=1)
     assert c.threads_per_worker == c.worker.threads == 1
     assert c.worker_env()["BYOC_WORKER_THREADS"] == "1"
+    assert "OMP_WAIT_POLICY" not in c.worker_env()  # fixed threads: OpenMP's own default
+    assert cfg(OMP_WAIT_POLICY="ACTIVE").worker_env()["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_workers_override_keeps_threads_adaptive():
