@@ -333,7 +333,7 @@ cmd_lint() {
   ensure_venv
   local rc=0
   "$VENV/bin/hadolint" --config "$ROOT/.hadolint.yaml" "$ROOT"/docker/*.Dockerfile || rc=1
-  "$VENV/bin/shellcheck" -x -P "$ROOT" "$ROOT/build.sh" "$ROOT"/.ci/run "$ROOT"/docker/*/*.sh "$ROOT"/docker/*/*/*.sh "$ROOT"/scripts/*.sh || rc=1
+  "$VENV/bin/shellcheck" -x -P "$ROOT" "$ROOT/build.sh" "$ROOT"/.ci/run "$ROOT"/docker/*/*.sh "$ROOT"/docker/*/*/*.sh "$ROOT"/scripts/*.sh "$ROOT"/bench/*.sh || rc=1
   [ $rc = 0 ] && log "lint clean"
   return $rc
 }

@@ -20,16 +20,20 @@ RUN --mount=type=bind,source=docker/runtime,target=/tmp/runtime \
     bash /tmp/runtime/install.sh
 
 # ---- plugins: our TorchServe endpoints (/ping once the model is loaded,
-# /execution-parameters), compiled with a JDK that stays in this stage.
+# /execution-parameters), compiled with a JDK that stays in this stage, and
+# the Java runtime for TorchServe linked from it (no compiler, no tools).
 FROM runtime AS plugins
 RUN --mount=type=bind,source=docker/serve/plugins,target=/tmp/plugins \
     --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
     --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \
-    bash /tmp/plugins/build.sh /plugins
+    bash /tmp/plugins/build.sh /plugins /opt/java
 
 # ---- the serving image
 FROM runtime
 ARG FLAVOR=gpu
+COPY --from=plugins /opt/java /opt/java
+ENV JAVA_HOME=/opt/java \
+    PATH=/opt/java/bin:$PATH
 RUN --mount=type=bind,source=docker/serve,target=/tmp/serve \
     --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
     --mount=type=cache,target=/root/.cache/pip,id=byoc-pip \

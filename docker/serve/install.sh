@@ -1,16 +1,11 @@
 #!/usr/bin/env bash
-# serve.Dockerfile: Java 17 for TorchServe's frontend, the pinned Python
-# packages, and the unprivileged user the server runs as.
+# serve.Dockerfile: the pinned Python packages and the unprivileged user the
+# server runs as. Java 17 for TorchServe's frontend comes from the plugins stage
+# (a runtime linked without the compiler and tools, in /opt/java).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=docker/runtime/pip-env.sh
 . /opt/byoc/pip-env.sh
-
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-# ca-certificates-java is a dependency; man pages and X11 bits are not needed.
-apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >/dev/null
-rm -rf /var/lib/apt/lists/*
 
 pip install -q -r "$here/requirements.txt"
 pip install -q --no-deps sagemaker-inference==1.10.1

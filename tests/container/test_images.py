@@ -33,6 +33,18 @@ def test_train_image_has_torch_horovod_and_the_toolkits(docker, train_image, fla
     assert nccl == ("True" if flavor == "gpu" else "False")
 
 
+def test_train_image_keeps_sagemaker_training_usable_without_its_unused_dependencies(docker, train_image):
+    # user scripts import these modules; scipy (only its encoders import it) and gevent
+    # (nothing does) are left out to keep the image small
+    code = ("import importlib.util as u, sagemaker_training.environment, sagemaker_training.entry_point,"
+            " sagemaker_training.modules, sagemaker_training.mpi;"
+            "print(sagemaker_training.environment.Environment is not None,"
+            " [m for m in ('scipy', 'gevent') if u.find_spec(m)])")
+    out = run_in(docker, train_image, "python", "-c", code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "[]"], out.stdout
+
+
 def test_horovod_allreduce_over_mpi_and_gloo(docker, train_image):
     # two ranks in one container: the collective really runs, over each controller.
     # Each rank writes its own file: mpirun forwards the ranks' stdout in chunks that
@@ -79,6 +91,17 @@ def test_serve_image_has_no_trainer(docker, serve_image):
     trainer = run_in(docker, serve_image, "python", "-c", "import train")
     assert trainer.returncode != 0 and "No module named 'train'" in trainer.stderr, trainer.stdout + trainer.stderr
     assert run_in(docker, serve_image, "sh", "-c", "command -v train").returncode != 0
+
+
+def test_serve_java_is_a_runtime_without_compiler_or_tools(docker, serve_image):
+    # linked in the plugins stage without javac, the Graal JIT, jshell, jlink, jdb, headers
+    out = run_in(docker, serve_image, "bash", "-c",
+                 "java --list-modules; for p in /opt/java/include /usr/lib/jvm; do [ -e $p ] && echo present: $p; done;"
+                 " command -v javac jshell jlink jdb || true", entrypoint="")
+    modules = {line.split("@")[0] for line in out.stdout.splitlines() if "@" in line}
+    assert {"java.base", "java.management", "jdk.unsupported", "java.naming"} <= modules, modules
+    assert not modules & {"jdk.compiler", "java.compiler", "jdk.internal.vm.compiler", "jdk.jshell", "jdk.jlink"}
+    assert "present:" not in out.stdout and "bin/" not in out.stdout, out.stdout[-1000:]
 
 
 def test_serve_runs_as_non_root(docker, serve_image):

@@ -16,7 +16,8 @@ def test_dockerfiles_are_hadolint_clean():
 
 
 def test_shell_scripts_are_shellcheck_clean():
-    scripts = [ROOT / "build.sh", ROOT / ".ci/run", *(ROOT / "docker").rglob("*.sh"), *(ROOT / "scripts").glob("*.sh")]
+    scripts = [ROOT / "build.sh", ROOT / ".ci/run", *(ROOT / "docker").rglob("*.sh"),
+               *(ROOT / "scripts").glob("*.sh"), *(ROOT / "bench").glob("*.sh")]
     out = subprocess.run([str(BIN / "shellcheck"), "-x", "-P", str(ROOT), *map(str, scripts)],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
