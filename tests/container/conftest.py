@@ -10,12 +10,23 @@ import os
 
 import pytest
 
-from support.docker import require_docker, serve_image, train_image  # noqa: F401  (fixtures)
+from support.docker import built_image, require_docker, serve_image, train_image  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="session")
 def docker():
     return require_docker("container tests")
+
+
+# The GPU flavour's images (test_gpu_image.py): ./build.sh test builds one flavour, .ci/run both.
+@pytest.fixture(scope="session")
+def gpu_train_image(docker):
+    return built_image("BYOC_GPU_TRAIN_IMAGE", "pytorch-byoc-train:gpu", optional=True)
+
+
+@pytest.fixture(scope="session")
+def gpu_serve_image(docker):
+    return built_image("BYOC_GPU_SERVE_IMAGE", "pytorch-byoc-serve:gpu", optional=True)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ They come from BYOC_GPU_TRAIN_IMAGE / BYOC_GPU_SERVE_IMAGE (default the `gpu` ta
 image skips these tests (in CI it fails them). What needs a GPU is in README's "What only
 a GPU machine can verify" and bench/gpu_check.sh.
 """
-import os
 import subprocess
 
 import pytest
@@ -15,26 +14,6 @@ from support.containers import run_in
 pytestmark = pytest.mark.gpu_image
 
 COMPILERS = ("nvcc", "gcc", "g++", "cc", "c++", "javac")
-
-
-def _gpu_image(docker, var, default):
-    ref = os.environ.get(var, default)
-    if subprocess.run([docker, "image", "inspect", ref], capture_output=True).returncode != 0:
-        problem = f"GPU image {ref} is not built: ./build.sh build all --flavor gpu"
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-    return ref
-
-
-@pytest.fixture(scope="module")
-def gpu_train_image(docker):
-    return _gpu_image(docker, "BYOC_GPU_TRAIN_IMAGE", "pytorch-byoc-train:gpu")
-
-
-@pytest.fixture(scope="module")
-def gpu_serve_image(docker):
-    return _gpu_image(docker, "BYOC_GPU_SERVE_IMAGE", "pytorch-byoc-serve:gpu")
 
 
 def test_gpu_train_image_has_horovod_with_nccl_and_a_cuda_torch(docker, gpu_train_image):
