@@ -8,6 +8,7 @@ Each prints what it measured and exits non-zero when a check fails.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -55,7 +56,7 @@ def ddp(out: Path):
     config.mkdir(parents=True, exist_ok=True)
     data = root / "input" / "data" / "train"
     if not data.exists():
-        subprocess.run(["cp", "-r", str(REPO / "samples" / "textures"), str(data)], check=True)
+        shutil.copytree(REPO / "samples" / "textures", data)
     hps = {"arch": "resnet18", "image-size": "64", "epochs": "3", "batch-size": "16", "lr": "0.05",
            "val-fraction": "0.2", "seed": "0", "sagemaker_torch_distributed_enabled": "true"}
     (config / "hyperparameters.json").write_text(json.dumps(hps))
