@@ -82,14 +82,13 @@ def serve(out: Path):
     """One TorchServe worker's handler with gpu_id=0, as the frontend starts it on a GPU host."""
     from ts.context import Context, RequestProcessor
 
+    from byoc import artifact
     from serve.handler import HandlerService
-    from train.classify import export
-    from train.classify.models import build_model
 
     model_dir = out / "model"
-    spec = export.model_spec(arch="resnet18", library="torchvision", classes=["brick", "grass", "gravel"],
-                             image_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    export.export_model(build_model(spec).eval(), spec, model_dir)
+    spec = artifact.model_spec(arch="resnet18", library="torchvision", classes=["brick", "grass", "gravel"],
+                               image_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    artifact.write(artifact.build_model(spec).eval(), spec, model_dir)
     context = Context("model", str(model_dir), {}, 1, 0, "0.12.0")
     context.request_processor = [RequestProcessor({"Content-Type": "image/jpeg", "Accept": "application/json"})]
     context.request_ids = {0: "req-0"}
