@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 
+from byoc import artifact
 from serve.config import MODEL_NAME, MODEL_VERSION
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def model_root(model_dir: str) -> str:
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
     entries = [e for e in os.listdir(model_dir) if not e.startswith(".")]
-    if len(entries) == 1 and os.path.isdir(os.path.join(model_dir, entries[0])) and entries[0] != "code":
+    if len(entries) == 1 and os.path.isdir(os.path.join(model_dir, entries[0])) and entries[0] != artifact.CODE_DIR:
         return os.path.join(model_dir, entries[0])
     return model_dir
 

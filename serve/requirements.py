@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+from byoc import artifact
+
 ALLOW_VAR = "BYOC_INSTALL_REQUIREMENTS"
 
 
@@ -22,7 +24,8 @@ class RequirementsError(Exception):
 def install(model_dir: str, workdir: str, allowed: bool) -> str | None:
     """Install code/requirements.txt; return the folder for PYTHONPATH, or None without one.
     ``allowed``: ServeConfig.install_requirements (BYOC_INSTALL_REQUIREMENTS)."""
-    requirements = os.path.join(model_dir, "code", "requirements.txt")
+    code = artifact.code_dir(model_dir)
+    requirements = os.path.join(code, "requirements.txt")
     if not os.path.isfile(requirements):
         return None
     if not allowed:
@@ -34,7 +37,7 @@ def install(model_dir: str, workdir: str, allowed: bool) -> str | None:
     target = os.path.join(workdir, "site-packages")
     command = [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
                "--target", target, "-r", requirements]
-    wheelhouse = os.path.join(model_dir, "code", "wheelhouse")
+    wheelhouse = os.path.join(code, "wheelhouse")
     if os.path.isdir(wheelhouse):
         command += ["--no-index", "--find-links", wheelhouse]
     result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
