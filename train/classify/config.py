@@ -236,7 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("mean", type=triple, default=IMAGENET_MEAN, help="per-channel normalisation mean")
     add("std", type=triple, default=IMAGENET_STD, help="per-channel normalisation std")
     add("workers", type=auto_or(non_negative_int), default="auto",
-        help="DataLoader worker processes per rank; auto: min(8, CPUs per rank - 1)")
+        help="DataLoader worker processes per rank; auto: CPUs per rank - 1")
+    add("data-pipeline", default="auto", choices=["auto", "cpu", "gpu"],
+        help="where images are decoded and augmented: cpu (in the DataLoader workers), gpu (workers read "
+             "the bytes; nvjpeg decode, RandomResizedCrop and flip on the device, one batch ahead of the "
+             "step; PNG/CMYK/grayscale files fall back to the CPU per image); auto: gpu on a CUDA device "
+             "when the data are JPEG files, else cpu. The log says which ran and why")
 
     groups.append(p.add_argument_group("model"))
     add("arch", default="resnet18", help="model name in torchvision or timm")

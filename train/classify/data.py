@@ -118,8 +118,10 @@ class ShardBatches(Sampler):
 
 
 def default_workers(local_world_size: int = 1) -> int:
+    """The CPUs of this rank's share, less one for the rank itself: no fixed cap, since on a GPU
+    host with the CPU pipeline the workers' decoding is what bounds the step (issue 10)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cpus // max(1, local_world_size) - 1))
+    return max(0, cpus // max(1, local_world_size) - 1)
 
 
 def ignore_sigterm(worker_id: int) -> None:

@@ -23,7 +23,7 @@ from byoc import artifact
 from byoc.checkpoint import (INTERRUPTED_EXIT_CODE, Checkpointer, TerminationFlag, capture_rng_state,
                              capture_state, restore_rng_state, restore_state)
 
-from . import data, distributed, mixing, models, optim, parquet, readers
+from . import data, distributed, gpu_pipeline, mixing, models, optim, parquet, readers
 from .config import Paths, UsageError, resolve_lr, resolve_weight_decay
 from .losses import MultiHeadLoss, correct_count, hard_targets
 from .metrics import MetricsWriter, class_counts, format_line, macro_recall, metric_name, weighted_recall
@@ -151,7 +151,13 @@ class Trainer:
         train_set = data.TransformedDataset(self.bundle.train, data.train_transform(a.image_size, a.min_crop_scale, a.hflip))
         self.train_batches = data.EpochBatches(len(train_set), a.batch_size, seed=a.seed, rank=ctx.rank,
                                                world_size=ctx.world_size)
-        self.train_loader = data.make_loader(train_set, self.train_batches, workers, pin)
+        # issue 10: the GPU data pipeline (gpu_pipeline.py) yields batches already on the device
+        self.pipeline, self.pipeline_why = gpu_pipeline.choose(a.data_pipeline, self.device, self.bundle.train)
+        if self.pipeline == "gpu":
+            self.train_loader = gpu_pipeline.device_loader(self.bundle.train, self.train_batches, workers, a,
+                                                           self.device, ctx.is_main)
+        else:
+            self.train_loader = data.make_loader(train_set, self.train_batches, workers, pin)
         self.val_loader = None
         if self.bundle.val is not None and len(self.bundle.val):
             val_set = data.TransformedDataset(self.bundle.val, artifact.eval_transform(a.image_size, a.eval_crop_ratio))
@@ -194,7 +200,9 @@ class Trainer:
         return {"arch": a.arch, "library": self.spec["library"],
                 "num_classes": self.head_sizes if self.multihead else self.spec["num_classes"],
                 "image_size": a.image_size, "batch_size": a.batch_size, "world_size": self.ctx.world_size,
-                "optimizer": a.optimizer, "lr_schedule": a.lr_schedule, "epochs": a.epochs}
+                "optimizer": a.optimizer, "lr_schedule": a.lr_schedule, "epochs": a.epochs,
+                # the augmentation state: order and crops are a function of (seed, epoch, step)
+                "seed": a.seed, "data_pipeline": self.pipeline}
 
     def save_checkpoint(self, reason: str) -> None:
         """All ranks call this together (RNG states are gathered); rank 0 writes."""
@@ -218,6 +226,8 @@ class Trainer:
         extra = state.get("extra", {})
         saved, now = extra.get("config", {}), self._run_config()
         changed = {k: (saved.get(k), now[k]) for k in RESUME_KEYS if saved.get(k) != now[k]}
+        if "seed" in saved and saved["seed"] != now["seed"]:  # checkpoints before issue 10 lack it
+            changed["seed"] = (saved["seed"], now["seed"])
         if changed:
             raise UsageError(f"the checkpoint {state.get('path')} is from a different run {changed}; "
                              f"remove it from {self.paths.checkpoints} or pass --resume false")
@@ -319,6 +329,9 @@ class Trainer:
         log.info("data: %s; classes: %s; %d train / %s val images; %d workers per rank",
                  "; ".join(b.notes), classes, len(b.train), len(b.val) if b.val is not None else 0,
                  self.workers)
+        log.info("data pipeline: %s (%s)%s", self.pipeline, self.pipeline_why,
+                 "; nvjpeg decode, crop and flip on the device one batch ahead, on a side stream"
+                 if self.pipeline == "gpu" else "; decode and augmentation in the DataLoader workers")
         log.info("model: %s/%s input %s; device %s; world size %d; amp %s; channels_last %s; compile %s",
                  self.spec["library"], a.arch, self.spec["input_size"], self.device, self.ctx.world_size,
                  self.amp_dtype or "off", self.channels_last, a.compile)

@@ -62,7 +62,7 @@ def decode_image(item):
     bytes) or a uint8 ``[3, H, W]`` tensor (a row of a uint8 array; grayscale repeated).
 
     The loader workers call it per sample (train.classify.data); a pipeline that decodes on
-    the GPU would hand them ``Samples.images[i]`` undecoded instead.
+    the GPU hands them ``Samples.images[i]`` undecoded instead (train.classify.gpu_pipeline).
     """
     if isinstance(item, np.ndarray):
         t = torch.from_numpy(np.ascontiguousarray(item))
