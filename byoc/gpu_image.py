@@ -59,10 +59,3 @@ def decode_jpegs(datas: list[torch.Tensor], device: torch.device | str) -> list[
         except RuntimeError:
             out.append(None)
     return out
-
-
-def pil_to_tensor(img) -> torch.Tensor:
-    """An RGB (or L) PIL image as a uint8 ``[C, H, W]`` tensor (the CPU fallback's result)."""
-    from torchvision.transforms.v2.functional import pil_to_tensor as to_tensor
-
-    return to_tensor(img)

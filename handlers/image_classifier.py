@@ -17,15 +17,18 @@ import torch
 import torch.nn.functional as F
 
 from byoc import artifact
-from handlers import common
+from handlers import common, gpu_batch
 from serve import codecs, config
 from serve.errors import BadRequest
 from serve.user_module import batched
 
 
 def model_fn(model_dir: str, context=None) -> torch.nn.Module:
-    model = common.load_network(model_dir).to(common.device())
+    dev = common.device()
+    model = common.load_network(model_dir).to(dev)
     model._byoc_spec = common.read_spec(model_dir)  # normalisation for predict_fn
+    model._byoc_amp = gpu_batch.amp_dtype(dev)  # issue 10: autocast on GPU workers
+    gpu_batch.decode_on(dev)  # a bad BYOC_GPU_DECODE stops the worker here, not at the first request
     return model.to(memory_format=torch.channels_last)
 
 
@@ -40,6 +43,17 @@ def input_fn(body, content_type: str, context=None) -> torch.Tensor:
     codecs.require_type(content_type, codecs.IMAGE_TYPES + (codecs.NPY, codecs.JSON))
 
 
+def deferred_input_fn(body, content_type: str, context=None):
+    """input_fn when this module's predict_fn runs too (serve.user_module): on a GPU worker a
+    JPEG is only checked from its header here, and predict_fn decodes the batch's JPEGs
+    together on the GPU (handlers/gpu_batch.py). Everything else: input_fn."""
+    if content_type in codecs.IMAGE_TYPES and gpu_batch.decode_on(common.device()):
+        jpeg = gpu_batch.defer(body, content_type, common.spec_for(context)["input_size"][0])
+        if jpeg is not None:
+            return jpeg
+    return input_fn(body, content_type, context)
+
+
 @batched
 def predict_fn(inputs: list[torch.Tensor], model, context=None) -> list[torch.Tensor]:
     """All requests of a batch in one forward pass; probabilities per request."""
@@ -50,9 +64,13 @@ def predict_fn(inputs: list[torch.Tensor], model, context=None) -> list[torch.Te
 def forward(inputs: list[torch.Tensor], model, context=None) -> torch.Tensor:
     """The batch's inputs normalised and through the network: float32 logits."""
     dev = next(model.parameters()).device
-    x = torch.cat(inputs).to(dev, non_blocking=True)
+    if gpu_batch.deferred(inputs):
+        x = gpu_batch.assemble(inputs, dev, getattr(model, "_byoc_spec", None) or common.spec_for(context))
+    else:
+        x = torch.cat(inputs).to(dev, non_blocking=True)
     x = _normalize(x, _stats(model, x, context)).contiguous(memory_format=torch.channels_last)
-    return model(x).float()
+    with gpu_batch.autocast(model, dev):
+        return model(x).float()
 
 
 def output_fn(prediction: torch.Tensor, accept: str, context=None):

@@ -16,7 +16,8 @@ import torch
 
 from byoc import artifact
 from handlers import common
-from handlers.image_classifier import forward, input_fn, model_fn  # noqa: F401  (same decoding and network)
+from handlers.image_classifier import (  # noqa: F401  (same decoding and network)
+    deferred_input_fn, forward, input_fn, model_fn)
 from serve import codecs
 from serve.user_module import batched
 

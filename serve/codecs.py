@@ -131,6 +131,19 @@ def decode_image(body, content_type: str, max_pixels: int | None = None, draft=N
 
     ``draft=(w, h)``: let the JPEG decoder scale down by 2/4/8 while decoding
     (much faster) as long as the result stays at least that size."""
+    img, mtype = open_image(body, content_type, max_pixels)
+    try:
+        if draft and img.format == "JPEG":
+            img.draft("RGB", draft)
+        img.load()
+        return img.convert("RGB")
+    except Exception:
+        raise BadRequest(f"image data is truncated or corrupt ({mtype})") from None
+
+
+def open_image(body, content_type: str, max_pixels: int | None = None):
+    """``(PIL image, media type)`` with only the header read: the type, the format and the
+    pixel limit are checked, nothing is decoded (the GPU path hands the bytes to nvjpeg)."""
     from PIL import Image
 
     mtype = require_type(content_type, IMAGE_TYPES)
@@ -152,13 +165,7 @@ def decode_image(body, content_type: str, max_pixels: int | None = None, draft=N
         raise PayloadTooLarge(
             f"image is {width}x{height} pixels; the limit is {limit} pixels"
         )
-    try:
-        if draft and img.format == "JPEG":
-            img.draft("RGB", draft)
-        img.load()
-        return img.convert("RGB")
-    except Exception:
-        raise BadRequest(f"image data is truncated or corrupt ({mtype})") from None
+    return img, mtype
 
 
 # ---------------------------------------------------------------- arrays

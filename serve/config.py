@@ -11,9 +11,16 @@ SAGEMAKER_BIND_TO_PORT          inference port (default 8080), on 0.0.0.0: our f
 SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": management, metrics, gRPC, TorchServe's own inference
                                 ports are lo..lo+4 (default 8081, 8082, 7070, 7071, 8083);
                                 all on 127.0.0.1 only
+<<<<<<< HEAD
 SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: one per GPU, else one per CPU core)
 SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default 1)
 SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default 100)
+=======
+SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: GPU_WORKERS_PER_GPU per GPU, else max(1, cpus//2))
+SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default GPU_BATCH_SIZE on a GPU host, else 1)
+SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default GPU_MAX_BATCH_DELAY_MS on a GPU
+                                host, else 100)
+>>>>>>> b62a1a0 (serve: default image handlers decode a batch of JPEGs on the GPU (nvjpeg), resize/crop there, bf16 autocast; GPU-host defaults for batch size and delay (to be measured))
 SAGEMAKER_MODEL_SERVER_TIMEOUT  seconds per request to the worker (default 60)
 SAGEMAKER_MAX_PAYLOAD_IN_MB     request and response size limit (default 6)
 SAGEMAKER_CONTAINER_LOG_LEVEL   10/20/30/40/50 or DEBUG/INFO/... (default INFO)
@@ -57,6 +64,15 @@ from byoc.devices import gpu_count
 MODEL_NAME = "model"
 MODEL_VERSION = "1.0"
 MB = 1024 * 1024
+
+# Defaults on a GPU host, where the default handlers decode a batch of JPEGs with nvjpeg and run
+# bf16 (issue 10). TO BE MEASURED: the issue asks for values that fill the GPU, chosen by
+# measurement (bench/gpu_serve.py sweeps the batch size); no GPU was available when these were
+# set, so they are conservative: one worker per GPU as before, batches of up to 32 requests, and
+# a 5 ms wait, which bounds what a lone request pays for batching.
+GPU_WORKERS_PER_GPU = 1
+GPU_BATCH_SIZE = 32
+GPU_MAX_BATCH_DELAY_MS = 5
 
 
 class ConfigError(ValueError):
@@ -277,6 +293,7 @@ class ServeConfig:
                 f"SAGEMAKER_BIND_TO_PORT={port} collides with the internal ports "
                 f"{'/'.join(map(str, internal))}"
             )
+<<<<<<< HEAD
         # One worker per GPU. On CPU one per core: while one worker decodes an
         # image in Python (one core), another runs its forward pass. Their torch
         # threads adapt (serve/handler.py): a worker alone gets every core, and
@@ -285,6 +302,14 @@ class ServeConfig:
         workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", gpus or cpus)
         adaptive = not gpus and not env.get("OMP_NUM_THREADS", "").strip()
         threads = cpus if adaptive else _int(env, "OMP_NUM_THREADS", max(1, cpus // workers))
+=======
+        # One worker per GPU. On CPU, half the cores: each worker then gets two
+        # intra-op threads, so a conv net still uses parallel kernels while two
+        # requests can be in flight; oversubscribing (workers x threads > cpus)
+        # is what halves the AWS stack's throughput under load.
+        workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", gpus * GPU_WORKERS_PER_GPU or max(1, cpus // 2))
+        threads = _int(env, "OMP_NUM_THREADS", max(1, cpus // workers))
+>>>>>>> b62a1a0 (serve: default image handlers decode a batch of JPEGs on the GPU (nvjpeg), resize/crop there, bf16 autocast; GPU-host defaults for batch size and delay (to be measured))
         heap = _int(env, "BYOC_SERVE_JVM_HEAP_MB", 0, lo=0) or jvm_heap_mb(
             memory_limit() if memory_bytes is None else memory_bytes
         )
@@ -296,8 +321,9 @@ class ServeConfig:
             backend_port=backend,
             workers=workers,
             threads_per_worker=threads,
-            batch_size=_int(env, "SAGEMAKER_TS_BATCH_SIZE", 1, hi=1024),
-            max_batch_delay_ms=_int(env, "SAGEMAKER_TS_MAX_BATCH_DELAY", 100, lo=0),
+            batch_size=_int(env, "SAGEMAKER_TS_BATCH_SIZE", GPU_BATCH_SIZE if gpus else 1, hi=1024),
+            max_batch_delay_ms=_int(env, "SAGEMAKER_TS_MAX_BATCH_DELAY", GPU_MAX_BATCH_DELAY_MS if gpus else 100,
+                                    lo=0),
             timeout_s=_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
             startup_timeout_s=_int(env, "BYOC_SERVE_STARTUP_TIMEOUT", 600),
             grace_period_s=_int(env, "BYOC_SERVE_GRACE_PERIOD", 25, lo=0),

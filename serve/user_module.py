@@ -6,6 +6,9 @@ content_type[, context])``, ``predict_fn(data, model[, context])``,
 ``output_fn(prediction, accept[, context])`` or ``transform_fn(model, body,
 content_type, accept[, context])``.
 
+A default handler may define ``deferred_input_fn``: it replaces its ``input_fn`` when its own
+``predict_fn`` serves too (handlers/gpu_batch.py: JPEGs decoded as a batch on the GPU).
+
 Batching: a ``predict_fn`` whose attribute ``batched`` is true is called once
 with a list of decoded inputs and must return a list of the same length (the
 default handlers do this; users opt in with :func:`batched`). Any other
@@ -94,6 +97,9 @@ def resolve(model_dir: str, program: str = "inference.py") -> Functions:
             ) from None
         for name in missing:
             chosen[name], origin[name] = getattr(default, name), default_name
+    paired = None if transform_fn else _paired_input_fn(chosen["input_fn"], chosen["predict_fn"])
+    if paired is not None:
+        chosen["input_fn"] = paired
     return Functions(
         model_fn=chosen["model_fn"],
         input_fn=None if transform_fn else chosen["input_fn"],
@@ -102,6 +108,18 @@ def resolve(model_dir: str, program: str = "inference.py") -> Functions:
         transform_fn=transform_fn,
         origin=origin,
     )
+
+
+def _paired_input_fn(input_fn: Callable, predict_fn: Callable) -> Callable | None:
+    """A default handler's ``deferred_input_fn`` when both its ``input_fn`` and its
+    ``predict_fn`` serve (taken from it, or imported by code/inference.py as the trainer's
+    exported shim does); else None."""
+    module = sys.modules.get(getattr(predict_fn, "__module__", None) or "")
+    paired = getattr(module, "deferred_input_fn", None)
+    if paired is not None and module.__name__.startswith("handlers.") and \
+            getattr(module, "predict_fn", None) is predict_fn and getattr(module, "input_fn", None) is input_fn:
+        return paired
+    return None
 
 
 def call(fn: Callable, *args, context=None):

@@ -195,3 +195,20 @@ def test_config_is_frozen():
     with pytest.raises(Exception):
         c.workers = 9
 
+
+
+def test_gpu_host_defaults_and_sagemaker_settings_still_win():
+    """Issue 10: on a GPU host the default handlers batch on the GPU, so batching is on by default
+    (the values are marked to be measured in serve/config.py)."""
+    from serve.config import GPU_BATCH_SIZE, GPU_MAX_BATCH_DELAY_MS, GPU_WORKERS_PER_GPU
+
+    gpu = dict(BASE, gpus=2)
+    model = ServeConfig.from_env({}, **gpu).model_config()["model"]["1.0"]
+    assert model["minWorkers"] == model["maxWorkers"] == 2 * GPU_WORKERS_PER_GPU
+    assert (model["batchSize"], model["maxBatchDelay"]) == (GPU_BATCH_SIZE, GPU_MAX_BATCH_DELAY_MS)
+    assert GPU_BATCH_SIZE > 1 and GPU_MAX_BATCH_DELAY_MS <= 10  # a lone request waits at most 10 ms
+    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "5", "SAGEMAKER_TS_BATCH_SIZE": "4", "SAGEMAKER_TS_MAX_BATCH_DELAY": "50"}
+    model = ServeConfig.from_env(env, **gpu).model_config()["model"]["1.0"]
+    assert (model["minWorkers"], model["batchSize"], model["maxBatchDelay"]) == (5, 4, 50)
+    cpu = ServeConfig.from_env({}, **BASE).model_config()["model"]["1.0"]
+    assert (cpu["minWorkers"], cpu["batchSize"], cpu["maxBatchDelay"]) == (4, 1, 100)  # CPU host: unchanged
