@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_context
 from handlers import common, gpu_batch, image_classifier, multihead
 from serve import codecs, user_module
 from serve.errors import PayloadTooLarge
