@@ -91,6 +91,19 @@ def test_missing_channel_fails_fast_with_reason(tmp_path):
     assert "'train' channel is missing" in proc.stderr
 
 
+def stop_at_step(command: list, env: dict, step: int) -> tuple[int, str]:
+    """Run the trainer, send SIGTERM once it logs ``step`` of epoch 1; (exit status, its log)."""
+    run = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in run.stdout:
+        seen.append(line)
+        if f"progress epoch=1 step={step}/" in line:
+            run.send_signal(signal.SIGTERM)
+            break
+    rest, _ = run.communicate(timeout=300)
+    return run.returncode, "".join(seen) + rest
+
+
 def epoch_metrics(stdout: str, epoch: int) -> str:
     """The epoch's metric line without its timestamp and speed."""
     line = next(text for text in stdout.splitlines() if f" epoch={epoch} train_loss=" in text)
@@ -119,17 +132,8 @@ def test_sigterm_then_resume_is_bitwise_equal_to_uninterrupted(tmp_path, write_r
 
     cut = write_root(tmp_path / "cut", images, labels)
     stop_after = random.randint(2, 12)  # a random step inside the first epoch
-    run = subprocess.Popen(trainer(cut, *args), env=env_for(cut), cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in run.stdout:
-        seen.append(line)
-        if f"progress epoch=1 step={stop_after}/" in line:
-            run.send_signal(signal.SIGTERM)
-            break
-    rest, _ = run.communicate(timeout=300)
-    log = "".join(seen) + rest
-    assert run.returncode == 143, log[-3000:]
+    returncode, log = stop_at_step(trainer(cut, *args), env_for(cut), stop_after)
+    assert returncode == 143, log[-3000:]
     assert "checkpoint (SIGTERM)" in log and not (cut / "model/model.pt").exists()
 
     resumed = subprocess.run(trainer(cut, *args), env=env_for(cut), cwd=REPO, capture_output=True, text=True,

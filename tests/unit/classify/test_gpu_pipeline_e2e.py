@@ -2,7 +2,6 @@
 being the CPU (the launcher below lets it run there): it trains, logs which pipeline ran and
 its CPU fallbacks, and a run stopped by SIGTERM resumes to the very same weights."""
 import random
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from PIL import Image
 
 from classify_testdata import digits
-from test_classify_e2e import FAST, REPO, env_for, epoch_metrics
+from test_classify_e2e import FAST, REPO, env_for, epoch_metrics, stop_at_step
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("timm")
@@ -57,16 +56,8 @@ def test_gpu_pipeline_trains_logs_and_resumes_bitwise(tmp_path):
 
     cut = jpeg_root(tmp_path / "cut", 30)
     stop_after = random.randint(2, 12)
-    run = subprocess.Popen(trainer(*args), env=env_for(cut), cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in run.stdout:
-        seen.append(line)
-        if f"progress epoch=1 step={stop_after}/" in line:
-            run.send_signal(signal.SIGTERM)
-            break
-    rest, _ = run.communicate(timeout=300)
-    assert run.returncode == 143, ("".join(seen) + rest)[-3000:]
+    returncode, log = stop_at_step(trainer(*args), env_for(cut), stop_after)
+    assert returncode == 143 and "checkpoint (SIGTERM)" in log, log[-3000:]
 
     resumed = subprocess.run(trainer(*args), env=env_for(cut), cwd=REPO, capture_output=True, text=True,
                              timeout=600)
