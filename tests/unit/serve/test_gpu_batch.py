@@ -235,3 +235,28 @@ def test_top1_equal_gpu_path_vs_cpu_path_and_bf16_vs_fp32_with_a_real_network():
     assert top_tensor.tolist() == top_pil.tolist()
     assert top_bf16.tolist() == top_tensor.tolist()
     assert right >= 15
+
+
+def test_multihead_handler_takes_the_same_batch_path(gpu_decode, photo_jpeg, monkeypatch, tmp_path):
+    """Non-square input and eval_crop_ratio 1 (the whole image squeezed, as the CPU path does)."""
+    from train.classify.export import export_model
+    from train.classify.models import build_model
+
+    heads = [{"name": "a", "num_classes": 4, "classes": list("wxyz"), "weight": 2.0},
+             {"name": "b", "num_classes": 2, "classes": ["n", "y"], "weight": 1.0}]
+    spec = {"format_version": 1, "task": "image-classification", "arch": "resnet18", "library": "torchvision",
+            "num_classes": None, "classes": None, "heads": heads, "input_size": [3, 32, 56],
+            "mean": [0.5] * 3, "std": [0.25] * 3, "eval_crop_ratio": 1.0, "weights": "model.pt"}
+    torch.manual_seed(0)
+    export_model(build_model(spec).eval(), spec, tmp_path)
+    common.read_spec.cache_clear()
+    service = service_for(tmp_path)
+    assert service.fns.input_fn is multihead.deferred_input_fn  # via the exported shim
+    request = (photo_jpeg, {"Content-Type": "image/jpeg", "Accept": "application/x-npy"})
+    gpu = run_batch(service, tmp_path, [request, request])
+    monkeypatch.setenv("BYOC_GPU_DECODE", "off")
+    cpu = run_batch(service, tmp_path, [request])
+    assert [r[0] for r in gpu + cpu] == [200, 200, 200]
+    a, b = np.load(io.BytesIO(gpu[0][2])), np.load(io.BytesIO(cpu[0][2]))
+    assert a.shape == b.shape == (1, 6) and np.abs(a - b).max() < 0.05
+    common.read_spec.cache_clear()
