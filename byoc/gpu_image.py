@@ -9,6 +9,11 @@ the pixels): a complete baseline or progressive JPEG with three colour component
 CMYK/YCCK and grayscale JPEGs, and JPEGs without their end marker (truncated), are left
 to the caller's CPU path, so they behave exactly as they do there. A JPEG that passes the
 header check but that nvjpeg still refuses comes back as ``None``, also for the CPU path.
+
+torchvision 0.29 (the images' pin) deprecates its image decoders in favour of TorchCodec
+(0.16+, "largely backward-compatible"); they still work, and torchvision 0.26 on the GPU
+test machine has no TorchCodec counterpart. When they go, ``decode_jpegs`` is the one
+place to switch.
 """
 from __future__ import annotations
 
