@@ -50,7 +50,7 @@ def main():
 
     from byoc import gpu_image
     from handlers import gpu_batch
-    from train.classify import data, gpu_pipeline
+    from train.classify import data, gpu_pipeline, readers
 
     dev = torch.device(args.device)
     photos = real_photos()
@@ -126,7 +126,7 @@ def main():
               f"max {float(d.max()):.0f} levels")
 
     # 4. the trainer's crops on the device against the CPU pipeline
-    samples = data.Samples(raw, torch.zeros(len(raw), dtype=torch.int64).numpy(), ["x"])
+    samples = readers.Samples(raw, torch.zeros(len(raw), dtype=torch.int64).numpy(), ["x"])
     cpu = data.TransformedDataset(samples, data.train_transform(224, 0.25, True))
     aug = gpu_pipeline.DeviceAugment(dev, 224, 0.25, True)
     seeds = torch.arange(100, 100 + len(raw))
