@@ -11,16 +11,9 @@ SAGEMAKER_BIND_TO_PORT          inference port (default 8080), on 0.0.0.0: our f
 SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": management, metrics, gRPC, TorchServe's own inference
                                 ports are lo..lo+4 (default 8081, 8082, 7070, 7071, 8083);
                                 all on 127.0.0.1 only
-<<<<<<< HEAD
 SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: one per GPU, else one per CPU core)
 SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default 1)
 SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default 100)
-=======
-SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: GPU_WORKERS_PER_GPU per GPU, else max(1, cpus//2))
-SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default GPU_BATCH_SIZE on a GPU host, else 1)
-SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default GPU_MAX_BATCH_DELAY_MS on a GPU
-                                host, else 100)
->>>>>>> b62a1a0 (serve: default image handlers decode a batch of JPEGs on the GPU (nvjpeg), resize/crop there, bf16 autocast; GPU-host defaults for batch size and delay (to be measured))
 SAGEMAKER_MODEL_SERVER_TIMEOUT  seconds per request to the worker (default 60)
 SAGEMAKER_MAX_PAYLOAD_IN_MB     request and response size limit (default 6)
 SAGEMAKER_CONTAINER_LOG_LEVEL   10/20/30/40/50 or DEBUG/INFO/... (default INFO)
@@ -42,6 +35,8 @@ BYOC_TOPK                       classes listed per prediction by the default han
 BYOC_MAX_INSTANCES              images per array request to the default handlers (default 64)
 BYOC_MAX_IMAGE_PIXELS           largest image (width x height) decoded, by our decoders and by PIL
                                 inside user code (default 40000000); larger ones get a 413
+BYOC_GPU_DECODE, BYOC_SERVE_AMP the default image handlers' GPU path (handlers/gpu_batch.py); not
+                                yet in WorkerSettings: the workers check them when the model loads
 
 Every variable is checked when `serve` starts: a bad value stops the container with
 the variable's name and the reason. The workers get the checked values (worker_env)
@@ -293,7 +288,6 @@ class ServeConfig:
                 f"SAGEMAKER_BIND_TO_PORT={port} collides with the internal ports "
                 f"{'/'.join(map(str, internal))}"
             )
-<<<<<<< HEAD
         # One worker per GPU. On CPU one per core: while one worker decodes an
         # image in Python (one core), another runs its forward pass. Their torch
         # threads adapt (serve/handler.py): a worker alone gets every core, and
@@ -302,14 +296,6 @@ class ServeConfig:
         workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", gpus or cpus)
         adaptive = not gpus and not env.get("OMP_NUM_THREADS", "").strip()
         threads = cpus if adaptive else _int(env, "OMP_NUM_THREADS", max(1, cpus // workers))
-=======
-        # One worker per GPU. On CPU, half the cores: each worker then gets two
-        # intra-op threads, so a conv net still uses parallel kernels while two
-        # requests can be in flight; oversubscribing (workers x threads > cpus)
-        # is what halves the AWS stack's throughput under load.
-        workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", gpus * GPU_WORKERS_PER_GPU or max(1, cpus // 2))
-        threads = _int(env, "OMP_NUM_THREADS", max(1, cpus // workers))
->>>>>>> b62a1a0 (serve: default image handlers decode a batch of JPEGs on the GPU (nvjpeg), resize/crop there, bf16 autocast; GPU-host defaults for batch size and delay (to be measured))
         heap = _int(env, "BYOC_SERVE_JVM_HEAP_MB", 0, lo=0) or jvm_heap_mb(
             memory_limit() if memory_bytes is None else memory_bytes
         )
