@@ -147,7 +147,9 @@ class DeviceAugment:
         from torchvision.transforms.v2 import functional as F
 
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator only: torch.manual_seed would also reseed the CUDA generators
+            # (dropout's), which fork_rng(devices=[]) does not put back
+            torch.default_generator.manual_seed(seed)
             top, left, h, w = RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio))
             flip = self.hflip and bool(torch.rand(1) < 0.5)
         out = F.resized_crop(img, top, left, h, w, self.size, antialias=True)

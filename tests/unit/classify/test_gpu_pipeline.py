@@ -42,12 +42,16 @@ def test_device_crop_is_the_cpu_train_transform_bitwise(size, scale, hflip):
         assert torch.equal(aug.crop(img, seed), expected), seed
 
 
-def test_crop_leaves_the_global_rng_alone():
-    """CutMix/MixUp draw from the global RNG, which the checkpoint saves: the pipeline must not move it."""
+def test_crop_leaves_the_global_rngs_alone(monkeypatch):
+    """CutMix/MixUp draw from the global RNG and dropout from CUDA's, which the checkpoint saves:
+    the pipeline must move neither."""
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
     aug = gpu_pipeline.DeviceAugment("cpu", 16, 0.25, True)
     before = torch.get_rng_state()
     aug.crop(torch.zeros(3, 40, 40, dtype=torch.uint8), 123)
     assert torch.equal(torch.get_rng_state(), before)
+    assert reseeded == []
 
 
 def test_workers_send_bytes_for_rgb_jpegs_and_cpu_crops_for_the_rest(tmp_path):
