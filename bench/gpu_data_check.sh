@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure of issue 10 in one command, on a GPU machine: plain python3 with torch and
-# torchvision, no docker, no network. About 5 minutes on one H200.
+# torchvision, no docker, no network. Sized for about 5 minutes on one H200 (an estimate: each
+# part has a time limit, 570 s in all; never run on a GPU yet).
 #
 #   OUT=/some/dir bash bench/gpu_data_check.sh     # default OUT: /tmp/byoc-gpu-check
 #   SMOKE=1 bash bench/gpu_data_check.sh            # the same parts on the CPU in tiny sizes (a minute)
