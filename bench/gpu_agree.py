@@ -48,7 +48,7 @@ def main():
     from PIL import Image
     from torchvision.io import decode_jpeg
 
-    from byoc import gpu_image
+    from byoc import artifact, gpu_image
     from handlers import gpu_batch
     from train.classify import data, gpu_pipeline, readers
 
@@ -59,8 +59,9 @@ def main():
 
     # 1. the serving transform
     decoded = gpu_image.decode_jpegs(encoded, dev)
-    served = torch.stack([gpu_batch.eval_resize(img, 224, 224, 0.875) for img in decoded]).cpu()
-    trained = torch.stack([data.eval_transform(224, 0.875)(Image.open(p).convert("RGB")).as_subclass(torch.Tensor)
+    transform = artifact.EvalTransform(channels=3, crop_size=(224, 224), crop_ratio=0.875)
+    served = torch.stack([gpu_batch.eval_resize(img, transform) for img in decoded]).cpu()
+    trained = torch.stack([artifact.eval_transform(224, 0.875)(Image.open(p).convert("RGB")).as_subclass(torch.Tensor)
                            for p in photos])
     diff = (served.float() - trained.float()).abs()
     mean, worst = float(diff.mean()), float(diff.max())

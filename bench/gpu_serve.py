@@ -68,13 +68,13 @@ def photos(n: int) -> list[bytes]:
 def export_model(arch: str, size: int, directory: str) -> None:
     import torch
 
-    from train.classify import export, models
+    from byoc import artifact
 
-    spec = export.model_spec(arch=arch, library=models.resolve_arch(arch, "auto"),
+    spec = artifact.model_spec(arch=arch, library=artifact.resolve_arch(arch, "auto"),
                              classes=[str(i) for i in range(1000)], image_size=size,
                              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), eval_crop_ratio=0.875)
     torch.manual_seed(0)
-    export.export_model(models.build_model(spec).eval(), spec, Path(directory))
+    artifact.write(artifact.build_model(spec).eval(), spec, Path(directory))
 
 
 def handler_service(model_dir: str, env: dict, gpu_id):

@@ -85,14 +85,15 @@ def ceiling(args) -> float:
     import torch
     from torch import nn
 
-    from train.classify import engine, export, models, optim
+    from byoc import artifact
+    from train.classify import engine, optim
 
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    spec = export.model_spec(arch=args.arch, library=models.resolve_arch(args.arch, "auto"),
+    spec = artifact.model_spec(arch=args.arch, library=artifact.resolve_arch(args.arch, "auto"),
                              classes=[str(i) for i in range(10)], image_size=args.image_size,
                              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    model = models.build_model(spec).to(device)
+    model = artifact.build_model(spec).to(device)
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -10,9 +10,9 @@ with nvjpeg, resized and cropped on the GPU, and the network run under autocast.
   if that fails, one by one; an image nvjpeg still refuses is decoded by Pillow, and a corrupt
   one raises the CPU path's 400. Raised from predict_fn, that fails the batch, and the
   handler service retries its requests one by one, so only the corrupt request gets the 400.
-- Resize and crop: the trainer's evaluation transform (shorter side to size / eval_crop_ratio,
-  center crop; ``train.classify.data.eval_transform``) with torchvision's tensor kernels; a
-  ratio of 1 squeezes the whole image to the input size, as the CPU path does.
+- Resize and crop: ``byoc.artifact.EvalTransform``, the trainer's evaluation transform, with
+  torchvision's tensor kernels on the device (its ``torchvision()`` form); a crop ratio of 1
+  squeezes the whole image to the input size, as its ``pil()`` form on the CPU path does.
 
 Settings (read when the model loads; a bad value stops the worker with the reason):
 BYOC_GPU_DECODE  auto (on GPU workers) | on (also on CPU: tests, benchmarks) | off
@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from byoc import gpu_image
+from byoc import artifact, gpu_image
 from serve import codecs
 
 DECODE_CHOICES = ("auto", "on", "off")
@@ -88,8 +88,7 @@ def assemble(inputs: list, device: torch.device, spec: dict) -> torch.Tensor:
     ``EncodedJpeg``s decoded and resized here, tensors (the CPU path's inputs) moved."""
     from torchvision.transforms.v2.functional import pil_to_tensor
 
-    _, height, width = spec["input_size"]
-    ratio = spec.get("eval_crop_ratio", 1.0)
+    transform = artifact.EvalTransform.from_spec(spec)
     jpegs = [i for i, x in enumerate(inputs) if isinstance(x, EncodedJpeg)]
     encoded = [torch.frombuffer(bytearray(inputs[i].data), dtype=torch.uint8) for i in jpegs]
     images = dict(zip(jpegs, gpu_image.decode_jpegs(encoded, device)))
@@ -101,16 +100,19 @@ def assemble(inputs: list, device: torch.device, spec: dict) -> torch.Tensor:
         img = images[i]
         if img is None:  # nvjpeg refused it: Pillow decides (a corrupt file is the CPU path's 400)
             img = pil_to_tensor(codecs.decode_image(x.data, codecs.JPEG)).to(device)
-        parts.append(eval_resize(img, height, width, ratio).unsqueeze(0).float().div_(255))
+        parts.append(eval_resize(img, transform).unsqueeze(0).float().div_(255))
     return torch.cat(parts)
 
 
-def eval_resize(img: torch.Tensor, height: int, width: int, crop_ratio: float) -> torch.Tensor:
-    """The trainer's evaluation transform on a uint8 ``[C, H, W]`` tensor (any device): shorter
-    side to ``size / crop_ratio`` (at least the size), center crop; ratio >= 1: squeeze to size."""
+def eval_resize(img: torch.Tensor, transform: artifact.EvalTransform) -> torch.Tensor:
+    """``transform`` on a uint8 ``[C, H, W]`` tensor on any device: what its ``torchvision()``
+    form does (the trainer's validation), called as kernels rather than a v2 pipeline per image;
+    a crop ratio >= 1 squeezes the whole image to the crop size, as its ``pil()`` form does."""
+    from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    if crop_ratio >= 1.0:
-        return F.resize(img, [height, width], antialias=True)
-    short = max(height, width, int(round(min(height, width) / crop_ratio)))
-    return F.center_crop(F.resize(img, [short], antialias=True), [height, width])
+    mode = InterpolationMode(transform.interpolation)
+    if transform.crop_ratio >= 1.0:
+        return F.resize(img, list(transform.crop_size), interpolation=mode, antialias=True)
+    resized = F.resize(img, [transform.resize_size], interpolation=mode, antialias=True)
+    return F.center_crop(resized, list(transform.crop_size))

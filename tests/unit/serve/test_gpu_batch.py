@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from byoc import artifact
 from handlers import common, gpu_batch, image_classifier, multihead
 from serve import codecs, user_module
 from serve.errors import PayloadTooLarge
@@ -60,7 +61,7 @@ def photo_jpeg() -> bytes:
     return jpeg_of(Image.open(real_photos()[0]).convert("RGB").resize((200, 150)))
 
 
-def test_deferred_input_fn_only_with_the_handlers_own_predict_fn(model_dir, build_model_stub):
+def test_deferred_input_fn_only_with_the_handlers_own_predict_fn(model_dir):
     fns = user_module.resolve(str(model_dir))
     assert fns.input_fn is image_classifier.deferred_input_fn
     # the trainer's exported shim imports the four defaults: still the pair
@@ -75,7 +76,7 @@ def test_deferred_input_fn_only_with_the_handlers_own_predict_fn(model_dir, buil
     assert user_module.resolve(str(model_dir)).input_fn.__module__ == "inference"
 
 
-def test_cpu_worker_path_is_unchanged(model_dir, build_model_stub, photo_jpeg, monkeypatch):
+def test_cpu_worker_path_is_unchanged(model_dir, photo_jpeg, monkeypatch):
     monkeypatch.delenv("BYOC_GPU_DECODE", raising=False)
     monkeypatch.setenv("SM_MODEL_DIR", str(model_dir))
     common.read_spec.cache_clear()
@@ -110,7 +111,7 @@ def test_pixel_limit_is_checked_from_the_header_before_any_decode(model_dir, gpu
     common.read_spec.cache_clear()
 
 
-def test_mixed_batch_one_batch_decode_and_only_the_bad_requests_fail(model_dir, build_model_stub, gpu_decode,
+def test_mixed_batch_one_batch_decode_and_only_the_bad_requests_fail(model_dir, gpu_decode,
                                                                      photo_jpeg, monkeypatch):
     service = service_for(model_dir)
     calls = []
@@ -142,7 +143,7 @@ def test_mixed_batch_one_batch_decode_and_only_the_bad_requests_fail(model_dir, 
     assert np.abs(np.load(io.BytesIO(res[2][2])) - np.load(io.BytesIO(cpu[1][2]))).max() < 0.05
 
 
-def test_settings_are_checked_when_the_model_loads(model_dir, build_model_stub, monkeypatch):
+def test_settings_are_checked_when_the_model_loads(model_dir, monkeypatch):
     monkeypatch.setenv("BYOC_SERVE_AMP", "bf17")
     with pytest.raises(ValueError, match="BYOC_SERVE_AMP='bf17'"):
         image_classifier.model_fn(str(model_dir))
@@ -155,7 +156,7 @@ def test_settings_are_checked_when_the_model_loads(model_dir, build_model_stub, 
     assert image_classifier.model_fn(str(model_dir))._byoc_amp == torch.bfloat16
 
 
-def test_autocast_runs_the_network_in_bf16_and_answers_in_float32(model_dir, build_model_stub, monkeypatch):
+def test_autocast_runs_the_network_in_bf16_and_answers_in_float32(model_dir, monkeypatch):
     monkeypatch.setenv("BYOC_SERVE_AMP", "bf16")
     model = image_classifier.model_fn(str(model_dir))
     seen = []
@@ -169,18 +170,21 @@ def test_autocast_runs_the_network_in_bf16_and_answers_in_float32(model_dir, bui
 
 # ------------------------------------------------------------------ train/serve agreement
 def trainer_eval(img: Image.Image, size: int, ratio: float) -> torch.Tensor:
-    from train.classify.data import eval_transform  # the trainer's evaluation transform, on PIL
+    """The trainer's evaluation transform (its validation loader's), on a Pillow-decoded photo."""
+    return artifact.eval_transform(size, ratio)(img).as_subclass(torch.Tensor)
 
-    return eval_transform(size, ratio)(img).as_subclass(torch.Tensor)
+
+def square(size: int, ratio: float) -> artifact.EvalTransform:
+    return artifact.EvalTransform(channels=3, crop_size=(size, size), crop_ratio=ratio)
 
 
 def test_tensor_resize_is_the_trainers_eval_transform_bitwise():
-    from train.classify.data import eval_transform
-
     img = torch.randint(0, 256, (3, 375, 500), dtype=torch.uint8)
     for size, ratio in [(224, 0.875), (64, 0.875), (32, 0.8), (100, 1.0 - 1e-9)]:
-        expected = eval_transform(size, ratio)(img).as_subclass(torch.Tensor)
-        assert torch.equal(gpu_batch.eval_resize(img, size, size, ratio), expected), (size, ratio)
+        expected = artifact.eval_transform(size, ratio)(img).as_subclass(torch.Tensor)
+        assert torch.equal(gpu_batch.eval_resize(img, square(size, ratio)), expected), (size, ratio)
+    squeezed = gpu_batch.eval_resize(img, artifact.EvalTransform(channels=3, crop_size=(32, 56), crop_ratio=1.0))
+    assert squeezed.shape == (3, 32, 56)
 
 
 # Tensor path (libjpeg-turbo decode, torch's antialiased bilinear) against the trainer's PIL path
@@ -194,7 +198,8 @@ def test_gpu_serving_transform_matches_the_trainers_eval_on_real_photos():
     means, maxes = [], []
     for path in real_photos():
         raw = path.read_bytes()
-        tensor = gpu_batch.eval_resize(decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8)), 224, 224, 0.875)
+        decoded = decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+        tensor = gpu_batch.eval_resize(decoded, square(224, 0.875))
         pil = trainer_eval(Image.open(path).convert("RGB"), 224, 0.875)
         diff = (tensor.float() - pil.float()).abs()
         means.append(float(diff.mean()))
@@ -221,7 +226,7 @@ def test_top1_equal_gpu_path_vs_cpu_path_and_bf16_vs_fp32_with_a_real_network():
     model = efficientnet_lite0()
     photos = real_photos()
     tensor = torch.stack([gpu_batch.eval_resize(decode_jpeg(torch.frombuffer(bytearray(p.read_bytes()),
-                                                                                dtype=torch.uint8)), 224, 224, 0.875)
+                                                                                dtype=torch.uint8)), square(224, 0.875))
                           for p in photos]).float() / 255
     pil = torch.stack([trainer_eval(Image.open(p).convert("RGB"), 224, 0.875) for p in photos]).float() / 255
     with torch.inference_mode():
@@ -239,8 +244,6 @@ def test_top1_equal_gpu_path_vs_cpu_path_and_bf16_vs_fp32_with_a_real_network():
 
 def test_multihead_handler_takes_the_same_batch_path(gpu_decode, photo_jpeg, monkeypatch, tmp_path):
     """Non-square input and eval_crop_ratio 1 (the whole image squeezed, as the CPU path does)."""
-    from train.classify.export import export_model
-    from train.classify.models import build_model
 
     heads = [{"name": "a", "num_classes": 4, "classes": list("wxyz"), "weight": 2.0},
              {"name": "b", "num_classes": 2, "classes": ["n", "y"], "weight": 1.0}]
@@ -248,7 +251,7 @@ def test_multihead_handler_takes_the_same_batch_path(gpu_decode, photo_jpeg, mon
             "num_classes": None, "classes": None, "heads": heads, "input_size": [3, 32, 56],
             "mean": [0.5] * 3, "std": [0.25] * 3, "eval_crop_ratio": 1.0, "weights": "model.pt"}
     torch.manual_seed(0)
-    export_model(build_model(spec).eval(), spec, tmp_path)
+    artifact.write(artifact.build_model(spec).eval(), spec, tmp_path)
     common.read_spec.cache_clear()
     service = service_for(tmp_path)
     assert service.fns.input_fn is multihead.deferred_input_fn  # via the exported shim
