@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from classify_testdata import digits
+from support.classify_data import digits
 from test_classify_e2e import FAST, REPO, env_for, epoch_metrics, stop_at_step
 
 pytestmark = pytest.mark.slow
