@@ -11,7 +11,7 @@ SAGEMAKER_BIND_TO_PORT          inference port (default 8080), on 0.0.0.0: our f
 SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": management, metrics, gRPC, TorchServe's own inference
                                 ports are lo..lo+4 (default 8081, 8082, 7070, 7071, 8083);
                                 all on 127.0.0.1 only
-SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: one per GPU, else one per CPU core)
+SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: GPU_WORKERS_PER_GPU per GPU, else one per CPU core)
 SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default 1)
 SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default 100)
 SAGEMAKER_MODEL_SERVER_TIMEOUT  seconds per request to the worker (default 60)
@@ -293,7 +293,7 @@ class ServeConfig:
         # threads adapt (serve/handler.py): a worker alone gets every core, and
         # under load each gets one, so workers x threads never exceeds the cores
         # (oversubscription is what sinks the AWS stack's defaults under load).
-        workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", gpus or cpus)
+        workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", gpus * GPU_WORKERS_PER_GPU or cpus)
         adaptive = not gpus and not env.get("OMP_NUM_THREADS", "").strip()
         threads = cpus if adaptive else _int(env, "OMP_NUM_THREADS", max(1, cpus // workers))
         heap = _int(env, "BYOC_SERVE_JVM_HEAP_MB", 0, lo=0) or jvm_heap_mb(

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_gpu_check_runs_every_part_on_the_cpu(tmp_path):
+def test_gpu_data_check_runs_every_part_on_the_cpu(tmp_path):
     pytest.importorskip("timm")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -211,4 +211,4 @@ def test_gpu_host_defaults_and_sagemaker_settings_still_win():
     model = ServeConfig.from_env(env, **gpu).model_config()["model"]["1.0"]
     assert (model["minWorkers"], model["batchSize"], model["maxBatchDelay"]) == (5, 4, 50)
     cpu = ServeConfig.from_env({}, **BASE).model_config()["model"]["1.0"]
-    assert (cpu["minWorkers"], cpu["batchSize"], cpu["maxBatchDelay"]) == (4, 1, 100)  # CPU host: unchanged
+    assert (cpu["minWorkers"], cpu["batchSize"], cpu["maxBatchDelay"]) == (8, 1, 100)  # CPU host: unchanged

@@ -220,7 +220,7 @@ def efficientnet_lite0():
 def test_top1_equal_gpu_path_vs_cpu_path_and_bf16_vs_fp32_with_a_real_network():
     """A real ImageNet EfficientNet-Lite0 (input in [-1, 1]) on the real photos: the serving
     tensor path gives the same top-1 as the trainer's PIL evaluation transform, and bf16
-    autocast the same top-1 as fp32 (here on the CPU; bench/gpu_check.sh repeats it on a GPU)."""
+    autocast the same top-1 as fp32 (here on the CPU; bench/gpu_agree.py, run by bench/gpu_data_check.sh, repeats it on a GPU)."""
     from torchvision.io import decode_jpeg
 
     model = efficientnet_lite0()
