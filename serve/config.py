@@ -12,8 +12,9 @@ SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": management, metrics, gRPC, TorchServe's
                                 ports are lo..lo+4 (default 8081, 8082, 7070, 7071, 8083);
                                 all on 127.0.0.1 only
 SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: GPU_WORKERS_PER_GPU per GPU, else one per CPU core)
-SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default 1)
-SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default 100)
+SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default GPU_BATCH_SIZE on a GPU host, else 1)
+SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default GPU_MAX_BATCH_DELAY_MS on a GPU
+                                host, else 100)
 SAGEMAKER_MODEL_SERVER_TIMEOUT  seconds per request to the worker (default 60)
 SAGEMAKER_MAX_PAYLOAD_IN_MB     request and response size limit (default 6)
 SAGEMAKER_CONTAINER_LOG_LEVEL   10/20/30/40/50 or DEBUG/INFO/... (default INFO)
