@@ -14,22 +14,19 @@ with nvjpeg, resized and cropped on the GPU, and the network run under autocast.
   torchvision's tensor kernels on the device (its ``torchvision()`` form); a crop ratio of 1
   squeezes the whole image to the input size, as its ``pil()`` form on the CPU path does.
 
-Settings (read when the model loads; a bad value stops the worker with the reason):
+Settings (serve.config.WorkerSettings, checked when `serve` starts):
 BYOC_GPU_DECODE  auto (on GPU workers) | on (also on CPU: tests, benchmarks) | off
 BYOC_SERVE_AMP   auto (bf16 on a GPU that has it, else fp16; off on CPU) | bf16 | fp16 | off
 """
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 
 from byoc import artifact, gpu_image
-from serve import codecs
+from serve import codecs, config
 
-DECODE_CHOICES = ("auto", "on", "off")
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
 class EncodedJpeg:
@@ -42,21 +39,14 @@ class EncodedJpeg:
         self.data = data
 
 
-def _setting(name: str, choices: tuple) -> str:
-    value = os.environ.get(name, "").strip().lower() or "auto"
-    if value not in choices:
-        raise ValueError(f"{name}={value!r}: use one of {', '.join(choices)}")
-    return value
-
-
 def decode_on(device: torch.device) -> bool:
     """Is this worker's JPEG decoding done by ``assemble`` on ``device``?"""
-    mode = _setting("BYOC_GPU_DECODE", DECODE_CHOICES)
+    mode = config.worker_settings().gpu_decode
     return mode == "on" or (mode == "auto" and device.type == "cuda")
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    mode = _setting("BYOC_SERVE_AMP", AMP_CHOICES)
+    mode = config.worker_settings().serve_amp
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return None
     if mode == "auto":

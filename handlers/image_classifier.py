@@ -28,7 +28,6 @@ def model_fn(model_dir: str, context=None) -> torch.nn.Module:
     model = common.load_network(model_dir).to(dev)
     model._byoc_spec = common.read_spec(model_dir)  # normalisation for predict_fn
     model._byoc_amp = gpu_batch.amp_dtype(dev)  # issue 10: autocast on GPU workers
-    gpu_batch.decode_on(dev)  # a bad BYOC_GPU_DECODE stops the worker here, not at the first request
     return model.to(memory_format=torch.channels_last)
 
 

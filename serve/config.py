@@ -36,8 +36,10 @@ BYOC_TOPK                       classes listed per prediction by the default han
 BYOC_MAX_INSTANCES              images per array request to the default handlers (default 64)
 BYOC_MAX_IMAGE_PIXELS           largest image (width x height) decoded, by our decoders and by PIL
                                 inside user code (default 40000000); larger ones get a 413
-BYOC_GPU_DECODE, BYOC_SERVE_AMP the default image handlers' GPU path (handlers/gpu_batch.py); not
-                                yet in WorkerSettings: the workers check them when the model loads
+BYOC_GPU_DECODE                 auto|on|off: the default image handlers decode a batch's JPEGs with
+                                nvjpeg and resize them on the device (default auto: on GPU workers)
+BYOC_SERVE_AMP                  auto|bf16|fp16|off: the default handlers' autocast (default auto: bf16
+                                on a GPU that has it, else fp16; off on CPU); handlers/gpu_batch.py
 
 Every variable is checked when `serve` starts: a bad value stops the container with
 the variable's name and the reason. The workers get the checked values (worker_env)
@@ -99,6 +101,16 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (the first is the default)."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r}: use one of {', '.join(choices)}")
+    return raw
 
 
 def _log_level(env: Mapping[str, str]) -> int:
@@ -184,6 +196,8 @@ def jvm_heap_mb(memory_bytes: int | None) -> int:
 
 # ---------------------------------------------------------------- the workers' share
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # a 40 MP photo; a 12000x12000 "bomb" is 144 MP
+GPU_DECODE_CHOICES = ("auto", "on", "off")
+SERVE_AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass(frozen=True)
@@ -202,6 +216,8 @@ class WorkerSettings:
     program: str = "inference.py"
     log_level: int = logging.INFO
     status_dir: str | None = None  # set by serve.server: busy / load-failed marker files
+    gpu_decode: str = "auto"  # handlers/gpu_batch.py: DECODE_CHOICES
+    serve_amp: str = "auto"  # handlers/gpu_batch.py: AMP_CHOICES
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "WorkerSettings":
@@ -217,6 +233,8 @@ class WorkerSettings:
             program=_program(env),
             log_level=_log_level(env),
             status_dir=env.get("BYOC_SERVE_STATUS_DIR", "").strip() or None,
+            gpu_decode=_choice(env, "BYOC_GPU_DECODE", GPU_DECODE_CHOICES),
+            serve_amp=_choice(env, "BYOC_SERVE_AMP", SERVE_AMP_CHOICES),
         )
 
     def env(self) -> dict[str, str]:
@@ -229,6 +247,8 @@ class WorkerSettings:
             "BYOC_WORKER_CPUS": str(self.cpus),
             "SAGEMAKER_PROGRAM": self.program,
             "SAGEMAKER_CONTAINER_LOG_LEVEL": str(self.log_level),
+            "BYOC_GPU_DECODE": self.gpu_decode,
+            "BYOC_SERVE_AMP": self.serve_amp,
         }
         if self.status_dir:
             env["BYOC_SERVE_STATUS_DIR"] = self.status_dir

@@ -113,12 +113,14 @@ def test_workers_override_keeps_threads_adaptive():
 
 def test_worker_settings_round_trip_through_the_environment():
     c = cfg(BYOC_TOPK=3, BYOC_MAX_INSTANCES=8, BYOC_MAX_IMAGE_PIXELS=1000, SAGEMAKER_PROGRAM="x.py",
-            SAGEMAKER_CONTAINER_LOG_LEVEL="DEBUG", OMP_NUM_THREADS=2)
+            SAGEMAKER_CONTAINER_LOG_LEVEL="DEBUG", OMP_NUM_THREADS=2,
+            BYOC_GPU_DECODE="OFF", BYOC_SERVE_AMP="fp16")
     env = c.worker_env()
     assert "BYOC_MAX_PAYLOAD_BYTES" not in env  # nothing reads it: the front door has the limit
     assert WorkerSettings.from_env(env) == c.worker
     assert (c.worker.topk, c.worker.max_instances, c.worker.max_image_pixels) == (3, 8, 1000)
     assert (c.worker.program, c.worker.log_level, c.worker.threads, c.worker.cpus) == ("x.py", 10, 2, 8)
+    assert (c.worker.gpu_decode, c.worker.serve_amp) == ("off", "fp16")
 
 
 @pytest.mark.parametrize("value,expected", [("", False), ("true", True), ("1", True), ("no", False)])
@@ -171,6 +173,8 @@ def test_log_levels(level, expected):
         ("BYOC_SERVE_STARTUP_TIMEOUT", "0"),
         ("BYOC_SERVE_GRACE_PERIOD", "-1"),
         ("BYOC_SERVE_JVM_HEAP_MB", "lots"),
+        ("BYOC_GPU_DECODE", "yes"),
+        ("BYOC_SERVE_AMP", "bf17"),
     ],
 )
 def test_bad_values_name_the_variable(name, value):
