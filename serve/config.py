@@ -40,6 +40,9 @@ BYOC_GPU_DECODE                 auto|on|off: the default image handlers decode a
                                 nvjpeg and resize them on the device (default auto: on GPU workers)
 BYOC_SERVE_AMP                  auto|bf16|fp16|off: the default handlers' autocast (default auto: bf16
                                 on a GPU that has it, else fp16; off on CPU); handlers/gpu_batch.py
+BYOC_OPTIMIZE_MODEL             true/false: run a torch.nn.Module from model_fn through a frozen
+                                graph (torch.jit.freeze) checked against its own output on the first
+                                input (default true; serve/optimize.py)
 
 Every variable is checked when `serve` starts: a bad value stops the container with
 the variable's name and the reason. The workers get the checked values (worker_env)
@@ -214,6 +217,7 @@ class WorkerSettings:
     threads: int = 0  # torch intra-op threads; 0: adaptive (cpus // workers busy now)
     cpus: int = 1
     program: str = "inference.py"
+    optimize_model: bool = True
     log_level: int = logging.INFO
     status_dir: str | None = None  # set by serve.server: busy / load-failed marker files
     gpu_decode: str = "auto"  # handlers/gpu_batch.py: DECODE_CHOICES
@@ -231,6 +235,7 @@ class WorkerSettings:
             threads=_int(env, "BYOC_WORKER_THREADS", 0, lo=0),
             cpus=_int(env, "BYOC_WORKER_CPUS", os.cpu_count() or 1),
             program=_program(env),
+            optimize_model=_bool(env, "BYOC_OPTIMIZE_MODEL", True),
             log_level=_log_level(env),
             status_dir=env.get("BYOC_SERVE_STATUS_DIR", "").strip() or None,
             gpu_decode=_choice(env, "BYOC_GPU_DECODE", GPU_DECODE_CHOICES),
@@ -246,6 +251,7 @@ class WorkerSettings:
             "BYOC_WORKER_THREADS": str(self.threads),
             "BYOC_WORKER_CPUS": str(self.cpus),
             "SAGEMAKER_PROGRAM": self.program,
+            "BYOC_OPTIMIZE_MODEL": str(self.optimize_model).lower(),
             "SAGEMAKER_CONTAINER_LOG_LEVEL": str(self.log_level),
             "BYOC_GPU_DECODE": self.gpu_decode,
             "BYOC_SERVE_AMP": self.serve_amp,

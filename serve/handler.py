@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve import codecs, config, request_params, user_module
+from serve import codecs, config, optimize, request_params, user_module
 from serve.errors import BadRequest, HTTPError, InternalError, NotAcceptable, PayloadTooLarge, client_message
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,10 @@ class HandlerService:
         start = time.monotonic()
         self.model = user_module.call(self.fns.model_fn, model_dir, context=context)
         logger.info("model loaded in %.1f s", time.monotonic() - start)
+        if self.settings.optimize_model:
+            optimize.optimize(self.model)
+        else:
+            logger.info("model not optimised: BYOC_OPTIMIZE_MODEL=false")
         self.initialized = True
 
     # ------------------------------------------------------------ per batch

@@ -128,6 +128,12 @@ def test_install_requirements(value, expected):
     assert cfg(BYOC_INSTALL_REQUIREMENTS=value).install_requirements is expected
 
 
+def test_optimize_model_is_on_by_default_and_reaches_the_workers():
+    assert cfg().worker.optimize_model is True
+    off = cfg(BYOC_OPTIMIZE_MODEL="false")
+    assert WorkerSettings.from_env(off.worker_env()).optimize_model is False
+
+
 def test_every_variable_is_in_the_documented_list():
     """serve/config.py's docstring is the complete list README points to."""
     import re
@@ -170,6 +176,7 @@ def test_log_levels(level, expected):
         ("BYOC_MAX_INSTANCES", "-1"),
         ("BYOC_MAX_IMAGE_PIXELS", "40MP"),
         ("BYOC_INSTALL_REQUIREMENTS", "maybe"),
+        ("BYOC_OPTIMIZE_MODEL", "fast"),
         ("BYOC_SERVE_STARTUP_TIMEOUT", "0"),
         ("BYOC_SERVE_GRACE_PERIOD", "-1"),
         ("BYOC_SERVE_JVM_HEAP_MB", "lots"),
