@@ -7,10 +7,12 @@ eval(), to() all work); only its ``forward`` is wrapped. The first call with a s
 tensor, outside autograd, runs the user's forward as is and answers with its
 output; that input is also traced, frozen and checked against it. After that, a
 call with the same input shape and dtype, outside autograd, runs the frozen
-graph; anything else (other shapes, other arguments, autograd on, a model in
-train mode) runs the user's forward. The model is served untouched when tracing
-warns (data-dependent Python control flow), fails, or the frozen graph's output
-differs from the user's beyond ATOL + RTOL * |out|.
+graph; anything else (other shapes, other arguments, autograd or autocast on, a
+model in train mode, a tensor not on the CPU) runs the user's forward. The model
+is served untouched when tracing warns (data-dependent Python control flow),
+fails, or the frozen graph's output differs from the user's beyond
+ATOL + RTOL * |out|. The frozen graph holds its own copy of the weights: a model
+whose weights predict_fn changes later should run with BYOC_OPTIMIZE_MODEL=false.
 
 Measured (bench/README.md, "Issue 11: a frozen forward"): 1 thread, batch 1,
 ResNet-18 1.27x and EfficientNet-Lite0 1.41x per image; channels_last, fx
@@ -63,7 +65,8 @@ class _FrozenForward:
 
         eligible = (len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)
                     and args[0].device.type == "cpu"  # measured on CPU only
-                    and not torch.is_grad_enabled() and not self.model.training)
+                    and not torch.is_grad_enabled() and not self.model.training
+                    and not torch.is_autocast_enabled("cpu"))
         if not eligible:
             return self.user_forward(*args, **kwargs)
         x = args[0]
