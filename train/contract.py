@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from byoc.devices import gpu_count
+from byoc import layout
 from byoc.layout import ml_root
 from train.errors import ContractError
 
@@ -119,6 +120,13 @@ class Contract:
     distribution: Distribution = field(default_factory=Distribution)
     settings: Settings = field(default_factory=Settings)
     code_s3_uri: str | None = None  # an s3:// source archive, downloaded then unpacked into code_dir
+    # $SM_CHECKPOINT_DIR when the job sets it (a checkpoint_local_path elsewhere), else
+    # <root>/checkpoints: byoc.layout's rule. None here: that rule on ``root``.
+    checkpoint_dir: Path | None = None
+
+    def __post_init__(self):
+        if self.checkpoint_dir is None:
+            object.__setattr__(self, "checkpoint_dir", layout.checkpoint_dir({}, self.root))
 
     # -- the /opt/ml layout -------------------------------------------------
     @property
@@ -148,10 +156,6 @@ class Contract:
     @property
     def output_intermediate_dir(self) -> Path:
         return self.root / "output" / "intermediate"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.root / "checkpoints"
 
     # -- derived facts ------------------------------------------------------
     @property
@@ -606,4 +610,5 @@ def load_contract(environ: dict | None = None, num_gpus: int | None = None) -> C
         job_name=str(environ.get("TRAINING_JOB_NAME") or sagemaker.get("sagemaker_job_name") or ""),
         distribution=distribution,
         settings=read_settings(environ),
+        checkpoint_dir=layout.checkpoint_dir(environ, root),
     )

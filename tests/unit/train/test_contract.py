@@ -316,3 +316,12 @@ def test_value_helpers():
     assert env_value(None) == "" and env_value("s") == "s" and env_value(False) == "false"
     assert arg_value(False) == "False" and arg_value(3) == "3"
     assert shell_safe("batch-size.v2") == "BATCH_SIZE_V2"
+
+
+def test_a_checkpoint_dir_the_job_sets_is_kept(tmp_path):
+    """A job whose checkpoint_local_path is elsewhere says so with SM_CHECKPOINT_DIR: train keeps it
+    (it used to overwrite it with <root>/checkpoints), and its programs get the same path."""
+    contract = load(tmp_path, SM_CHECKPOINT_DIR=str(tmp_path / "ckpt"))
+    assert contract.checkpoint_dir == tmp_path / "ckpt"
+    assert contract.environment()["SM_CHECKPOINT_DIR"] == f"{tmp_path}/ckpt"
+    assert load(tmp_path, SM_CHECKPOINT_DIR="").checkpoint_dir == tmp_path / "checkpoints"
