@@ -14,7 +14,8 @@ Stacks, each started once on a 127.0.0.1 port:
   aws-tuned  the same AWS stack with OMP_NUM_THREADS=1 (AWS's own CPU guidance: 2 workers x 1
              thread on 2 cores), its best setting we know
   ours-noopt ours with BYOC_OPTIMIZE_MODEL=false (the user's model as model_fn returned it,
-             not frozen): what serve/optimize.py is worth on the server
+             not frozen; the default since 2026-11-29)
+  ours-opt   ours with BYOC_OPTIMIZE_MODEL=true (opt-in): what serve/optimize.py is worth
   ours-dh    pytorch-byoc-serve:cpu with model.json and no inference.py (the default
              handler: what the built-in trainer's users get; resnet18 only)
 Rounds interleave the stacks (ours, aws, ours-dh, ours, aws, ...) so that noise from
@@ -267,6 +268,7 @@ def main():
         setup = {"ours": (args.ours, dirs["workshop"], {}), "aws": (args.aws, dirs["workshop"], {}),
                  "aws-tuned": (args.aws, dirs["workshop"], {"OMP_NUM_THREADS": "1"}),
                  "ours-noopt": (args.ours, dirs["workshop"], {"BYOC_OPTIMIZE_MODEL": "false"}),
+                 "ours-opt": (args.ours, dirs["workshop"], {"BYOC_OPTIMIZE_MODEL": "true"}),
                  "ours-dh": (args.ours, dirs.get("default"), {})}
         urls = {}
         # Raw ceiling: our worker's thread count and 1 thread (2 OpenMP threads on a shared

@@ -42,7 +42,8 @@ BYOC_SERVE_AMP                  auto|bf16|fp16|off: the default handlers' autoca
                                 on a GPU that has it, else fp16; off on CPU); handlers/gpu_batch.py
 BYOC_OPTIMIZE_MODEL             true/false: run a torch.nn.Module from model_fn through a frozen
                                 graph (torch.jit.freeze) checked against its own output on the first
-                                input (default true; serve/optimize.py)
+                                input (default false, opt-in: CI's 10k-request load test saw memory
+                                keep growing with it on; serve/optimize.py)
 
 Every variable is checked when `serve` starts: a bad value stops the container with
 the variable's name and the reason. The workers get the checked values (worker_env)
@@ -217,7 +218,7 @@ class WorkerSettings:
     threads: int = 0  # torch intra-op threads; 0: adaptive (cpus // workers busy now)
     cpus: int = 1
     program: str = "inference.py"
-    optimize_model: bool = True
+    optimize_model: bool = False
     log_level: int = logging.INFO
     status_dir: str | None = None  # set by serve.server: busy / load-failed marker files
     gpu_decode: str = "auto"  # handlers/gpu_batch.py: DECODE_CHOICES
@@ -235,7 +236,7 @@ class WorkerSettings:
             threads=_int(env, "BYOC_WORKER_THREADS", 0, lo=0),
             cpus=_int(env, "BYOC_WORKER_CPUS", os.cpu_count() or 1),
             program=_program(env),
-            optimize_model=_bool(env, "BYOC_OPTIMIZE_MODEL", True),
+            optimize_model=_bool(env, "BYOC_OPTIMIZE_MODEL", False),
             log_level=_log_level(env),
             status_dir=env.get("BYOC_SERVE_STATUS_DIR", "").strip() or None,
             gpu_decode=_choice(env, "BYOC_GPU_DECODE", GPU_DECODE_CHOICES),

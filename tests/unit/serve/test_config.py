@@ -128,10 +128,10 @@ def test_install_requirements(value, expected):
     assert cfg(BYOC_INSTALL_REQUIREMENTS=value).install_requirements is expected
 
 
-def test_optimize_model_is_on_by_default_and_reaches_the_workers():
-    assert cfg().worker.optimize_model is True
-    off = cfg(BYOC_OPTIMIZE_MODEL="false")
-    assert WorkerSettings.from_env(off.worker_env()).optimize_model is False
+def test_optimize_model_is_opt_in_and_reaches_the_workers():
+    assert cfg().worker.optimize_model is False
+    on = cfg(BYOC_OPTIMIZE_MODEL="true")
+    assert WorkerSettings.from_env(on.worker_env()).optimize_model is True
 
 
 def test_every_variable_is_in_the_documented_list():
