@@ -18,7 +18,6 @@ call (conftest.py). What v3 does differently from v2, and what these tests pin d
   <local_container_root>/compressed_artifacts/{model,output}.tar.gz.
 """
 import json
-import os
 import re
 import shutil
 import subprocess

@@ -1,6 +1,6 @@
 """A DDP probe: every rank adds rank + 1 over gloo; rank 0 writes the sum to the model dir.
 FAIL_RANK=N makes rank N fail (tests/container/test_two_hosts.py, tests/local_mode/*_sdk3.py)."""
-import os, socket, sys, torch, torch.distributed as dist
+import os, socket, torch, torch.distributed as dist
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 if os.environ.get("FAIL_RANK") == str(rank):
