@@ -13,9 +13,10 @@ Stacks, each started once on a 127.0.0.1 port:
              model.tar.gz into /opt/ml/model; the toolkit archives it for TorchServe itself)
   aws-tuned  the same AWS stack with OMP_NUM_THREADS=1 (AWS's own CPU guidance: 2 workers x 1
              thread on 2 cores), its best setting we know
-  ours-noopt ours with BYOC_OPTIMIZE_MODEL=false (the user's model as model_fn returned it,
-             not frozen; the default since 2026-11-29)
-  ours-opt   ours with BYOC_OPTIMIZE_MODEL=true (opt-in): what serve/optimize.py is worth
+  ours-noopt ours with BYOC_OPTIMIZE_MODEL=false (the user's model as model_fn returned it: no
+             frozen graph, no model calls run together): what serve/optimize.py is worth
+  ours-b1    ours with SAGEMAKER_TS_BATCH_SIZE=1 (one request per worker call, so nothing runs
+             together; the frozen graph stays): what the CPU batch default is worth
   ours-dh    pytorch-byoc-serve:cpu with model.json and no inference.py (the default
              handler: what the built-in trainer's users get; resnet18 only)
 Rounds interleave the stacks (ours, aws, ours-dh, ours, aws, ...) so that noise from
@@ -268,7 +269,7 @@ def main():
         setup = {"ours": (args.ours, dirs["workshop"], {}), "aws": (args.aws, dirs["workshop"], {}),
                  "aws-tuned": (args.aws, dirs["workshop"], {"OMP_NUM_THREADS": "1"}),
                  "ours-noopt": (args.ours, dirs["workshop"], {"BYOC_OPTIMIZE_MODEL": "false"}),
-                 "ours-opt": (args.ours, dirs["workshop"], {"BYOC_OPTIMIZE_MODEL": "true"}),
+                 "ours-b1": (args.ours, dirs["workshop"], {"SAGEMAKER_TS_BATCH_SIZE": "1"}),
                  "ours-dh": (args.ours, dirs.get("default"), {})}
         urls = {}
         # Raw ceiling: our worker's thread count and 1 thread (2 OpenMP threads on a shared

@@ -12,9 +12,10 @@ SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": management, metrics, gRPC, TorchServe's
                                 ports are lo..lo+4 (default 8081, 8082, 7070, 7071, 8083);
                                 all on 127.0.0.1 only
 SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: GPU_WORKERS_PER_GPU per GPU, else one per CPU core)
-SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default GPU_BATCH_SIZE on a GPU host, else 1)
+SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default GPU_BATCH_SIZE on a GPU host, else
+                                CPU_BATCH_SIZE)
 SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default GPU_MAX_BATCH_DELAY_MS on a GPU
-                                host, else 100)
+                                host, else CPU_MAX_BATCH_DELAY_MS)
 SAGEMAKER_MODEL_SERVER_TIMEOUT  seconds per request to the worker (default 60)
 SAGEMAKER_MAX_PAYLOAD_IN_MB     request and response size limit (default 6)
 SAGEMAKER_CONTAINER_LOG_LEVEL   10/20/30/40/50 or DEBUG/INFO/... (default INFO)
@@ -30,6 +31,10 @@ OMP_NUM_THREADS                 torch threads per worker (default on GPU: cpus /
                                 moment: a lone request gets every core, a full server one each)
 OMP_WAIT_POLICY                 OpenMP's idle threads (default with adaptive threads: PASSIVE, they
                                 sleep: spinning ones stall a worker whose core another one took)
+GOMP_SPINCOUNT                  how long they spin first (default with adaptive threads and no
+                                OMP_WAIT_POLICY of the user's: 10000, about 0.1 ms: through the
+                                gaps between one forward's ops, asleep before another worker needs
+                                the core)
 BYOC_TS_PLUGINS_DIR             TorchServe endpoint plugins (default /opt/byoc/ts-plugins)
 BYOC_INSTALL_REQUIREMENTS       true/false: pip install code/requirements.txt at start (default false)
 BYOC_TOPK                       classes listed per prediction by the default handlers (default 5)
@@ -41,9 +46,9 @@ BYOC_GPU_DECODE                 auto|on|off: the default image handlers decode a
 BYOC_SERVE_AMP                  auto|bf16|fp16|off: the default handlers' autocast (default auto: bf16
                                 on a GPU that has it, else fp16; off on CPU); handlers/gpu_batch.py
 BYOC_OPTIMIZE_MODEL             true/false: run a torch.nn.Module from model_fn through a frozen
-                                graph (torch.jit.freeze) checked against its own output on the first
-                                input (default false, opt-in: CI's 10k-request load test saw memory
-                                keep growing with it on; serve/optimize.py)
+                                graph (torch.jit.freeze) where it gives the model's own outputs and
+                                is faster, and run the model calls of one batch's predict_fn calls
+                                together (default true; serve/optimize.py)
 
 Every variable is checked when `serve` starts: a bad value stops the container with
 the variable's name and the reason. The workers get the checked values (worker_env)
@@ -75,6 +80,14 @@ MB = 1024 * 1024
 GPU_WORKERS_PER_GPU = 1
 GPU_BATCH_SIZE = 32
 GPU_MAX_BATCH_DELAY_MS = 5
+
+# Defaults on a CPU host (issue 11, bench/README.md). Under load a worker takes up to 4 queued
+# requests at once: one round trip to TorchServe's frontend instead of four, and the model calls
+# of their predict_fn calls run as one batch (serve/optimize.py). A lone request waits at most
+# 1 ms for company. (TorchServe 0.12 cannot be told "take what is queued, do not wait": a delay
+# of 0 held a lone request for about 140 ms here.)
+CPU_BATCH_SIZE = 4
+CPU_MAX_BATCH_DELAY_MS = 1
 
 
 class ConfigError(ValueError):
@@ -190,6 +203,9 @@ def memory_limit() -> int | None:
     return min(limits) if limits else None
 
 
+JVM_YOUNG_MB = 32  # the frontend's young generation (config.properties vmargs)
+
+
 def jvm_heap_mb(memory_bytes: int | None) -> int:
     """The frontend only buffers requests and responses: 1/8 of the container's
     memory, 256 MiB..4 GiB; the rest is left to the Python workers and the model."""
@@ -218,7 +234,7 @@ class WorkerSettings:
     threads: int = 0  # torch intra-op threads; 0: adaptive (cpus // workers busy now)
     cpus: int = 1
     program: str = "inference.py"
-    optimize_model: bool = False
+    optimize_model: bool = True
     log_level: int = logging.INFO
     status_dir: str | None = None  # set by serve.server: busy / load-failed marker files
     gpu_decode: str = "auto"  # handlers/gpu_batch.py: DECODE_CHOICES
@@ -236,7 +252,7 @@ class WorkerSettings:
             threads=_int(env, "BYOC_WORKER_THREADS", 0, lo=0),
             cpus=_int(env, "BYOC_WORKER_CPUS", os.cpu_count() or 1),
             program=_program(env),
-            optimize_model=_bool(env, "BYOC_OPTIMIZE_MODEL", False),
+            optimize_model=_bool(env, "BYOC_OPTIMIZE_MODEL", True),
             log_level=_log_level(env),
             status_dir=env.get("BYOC_SERVE_STATUS_DIR", "").strip() or None,
             gpu_decode=_choice(env, "BYOC_GPU_DECODE", GPU_DECODE_CHOICES),
@@ -294,6 +310,7 @@ class ServeConfig:
     plugins_dir: str | None = None  # our TorchServe endpoint plugins (/ping, /execution-parameters)
     install_requirements: bool = False
     omp_wait_policy: str = ""
+    gomp_spincount: str = ""
     worker: WorkerSettings = WorkerSettings()
 
     @classmethod
@@ -335,9 +352,9 @@ class ServeConfig:
             backend_port=backend,
             workers=workers,
             threads_per_worker=threads,
-            batch_size=_int(env, "SAGEMAKER_TS_BATCH_SIZE", GPU_BATCH_SIZE if gpus else 1, hi=1024),
-            max_batch_delay_ms=_int(env, "SAGEMAKER_TS_MAX_BATCH_DELAY", GPU_MAX_BATCH_DELAY_MS if gpus else 100,
-                                    lo=0),
+            batch_size=_int(env, "SAGEMAKER_TS_BATCH_SIZE", GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE, hi=1024),
+            max_batch_delay_ms=_int(env, "SAGEMAKER_TS_MAX_BATCH_DELAY",
+                                    GPU_MAX_BATCH_DELAY_MS if gpus else CPU_MAX_BATCH_DELAY_MS, lo=0),
             timeout_s=_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
             startup_timeout_s=_int(env, "BYOC_SERVE_STARTUP_TIMEOUT", 600),
             grace_period_s=_int(env, "BYOC_SERVE_GRACE_PERIOD", 25, lo=0),
@@ -352,6 +369,10 @@ class ServeConfig:
             # Measured on a shared 2-core host (bench/README.md): 2 torch threads ran resnet18
             # at 3-9 img/s with OpenMP's default spinning, 18-19 with PASSIVE, 21 with 1 thread.
             omp_wait_policy=env.get("OMP_WAIT_POLICY", "").strip() or ("PASSIVE" if adaptive else ""),
+            # A lone request's second thread sleeping between ops cost about 4 ms of its 28 ms p50
+            # (resnet18, c=1); spinning 0.1 ms first keeps that, and under load cost 0-5% (noise).
+            gomp_spincount=str(_int(env, "GOMP_SPINCOUNT", 0, lo=0)) if env.get("GOMP_SPINCOUNT", "").strip()
+            else ("10000" if adaptive and not env.get("OMP_WAIT_POLICY", "").strip() else ""),
             worker=dataclasses.replace(WorkerSettings.from_env(env), threads=0 if adaptive else threads,
                                        cpus=cpus, status_dir=None),
         )
@@ -402,7 +423,11 @@ class ServeConfig:
             "install_py_dep_per_model": "false",
             # Its periodic psutil subprocess costs CPU and nothing reads it.
             "disable_system_metrics": "true",
-            "vmargs": f"-Xmx{self.jvm_heap_mb}m -XX:+UseContainerSupport -XX:+ExitOnOutOfMemoryError",
+            # The serial collector with a small, fixed young generation: the frontend's garbage is
+            # short-lived request buffers. With the default G1 the heap kept growing by 100+ MiB
+            # over CI's 10k-request load test (flat with this: +17 MiB; bench/README.md).
+            "vmargs": (f"-Xmx{self.jvm_heap_mb}m -XX:+UseSerialGC -Xmn{JVM_YOUNG_MB}m "
+                       "-XX:+UseContainerSupport -XX:+ExitOnOutOfMemoryError"),
             # The serving image's plugins replace /ping (healthy only once the
             # model is loaded) and add /execution-parameters.
             **({"plugins_path": self.plugins_dir} if self.plugins_dir else {}),
@@ -440,6 +465,7 @@ class ServeConfig:
             "OMP_NUM_THREADS": str(self.threads_per_worker),
             "MKL_NUM_THREADS": str(self.threads_per_worker),
             **({"OMP_WAIT_POLICY": self.omp_wait_policy} if self.omp_wait_policy else {}),
+            **({"GOMP_SPINCOUNT": self.gomp_spincount} if self.gomp_spincount else {}),
             **self.worker.env(),
         }
 

@@ -9,6 +9,7 @@ in the server log.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import logging
@@ -83,6 +84,7 @@ class HandlerService:
         self.initialized = False
         self.fns: user_module.Functions | None = None
         self.model = None
+        self.forward: optimize.FrozenForward | None = None  # the model's wrapped forward, when optimised
         self.context = None
         self.settings: config.WorkerSettings | None = None
         self.threads = 0  # torch intra-op threads in use
@@ -104,7 +106,7 @@ class HandlerService:
         self.model = user_module.call(self.fns.model_fn, model_dir, context=context)
         logger.info("model loaded in %.1f s", time.monotonic() - start)
         if self.settings.optimize_model:
-            optimize.optimize(self.model)
+            self.forward = optimize.optimize(self.model)
         else:
             logger.info("model not optimised: BYOC_OPTIMIZE_MODEL=false")
         self.initialized = True
@@ -148,9 +150,17 @@ class HandlerService:
                 # One bad input can sink a stacked batch: retry one by one so
                 # only that request fails.
                 logger.warning("batched predict failed; retrying one by one", exc_info=True)
-        for r in good:
-            with _failures(r, "predict_fn"):
-                r.prediction = self._predict_one(r.data)
+        calls = [functools.partial(self._predict_into, r) for r in good]
+        if self.forward is not None and len(calls) > 1:
+            # each predict_fn call still gets its own input; their model calls run as one batch
+            self.forward.together(calls)
+            return
+        for call in calls:
+            call()
+
+    def _predict_into(self, r: Request) -> None:
+        with _failures(r, "predict_fn"):
+            r.prediction = self._predict_one(r.data)
 
     def postprocess(self, requests: list[Request]) -> None:
         for r in requests:

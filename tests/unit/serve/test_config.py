@@ -24,6 +24,7 @@ def test_defaults():
     assert c.threads_per_worker == 8 and c.worker.threads == 0  # adaptive, up to every core
     assert c.worker_env()["OMP_NUM_THREADS"] == "8" and c.worker_env()["BYOC_WORKER_CPUS"] == "8"
     assert c.worker_env()["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert c.worker_env()["GOMP_SPINCOUNT"] == "10000"  # a short spin before they sleep
     assert props["max_request_size"] == str(6 * MB) == props["max_response_size"]
     assert props["install_py_dep_per_model"] == "false"
     assert props["decode_input_request"] == "false"
@@ -103,7 +104,12 @@ def test_omp_num_threads_wins():
     assert c.threads_per_worker == c.worker.threads == 1
     assert c.worker_env()["BYOC_WORKER_THREADS"] == "1"
     assert "OMP_WAIT_POLICY" not in c.worker_env()  # fixed threads: OpenMP's own default
-    assert cfg(OMP_WAIT_POLICY="ACTIVE").worker_env()["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert "GOMP_SPINCOUNT" not in c.worker_env()
+    active = cfg(OMP_WAIT_POLICY="ACTIVE").worker_env()
+    assert active["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in active  # the user's policy, untouched
+    assert cfg(GOMP_SPINCOUNT="0").worker_env()["GOMP_SPINCOUNT"] == "0"
+    with pytest.raises(ConfigError, match="GOMP_SPINCOUNT"):
+        cfg(GOMP_SPINCOUNT="fast")
 
 
 def test_workers_override_keeps_threads_adaptive():
@@ -128,10 +134,10 @@ def test_install_requirements(value, expected):
     assert cfg(BYOC_INSTALL_REQUIREMENTS=value).install_requirements is expected
 
 
-def test_optimize_model_is_opt_in_and_reaches_the_workers():
-    assert cfg().worker.optimize_model is False
-    on = cfg(BYOC_OPTIMIZE_MODEL="true")
-    assert WorkerSettings.from_env(on.worker_env()).optimize_model is True
+def test_optimize_model_is_on_by_default_can_be_turned_off_and_reaches_the_workers():
+    assert cfg().worker.optimize_model is True
+    off = cfg(BYOC_OPTIMIZE_MODEL="false")
+    assert WorkerSettings.from_env(off.worker_env()).optimize_model is False
 
 
 def test_every_variable_is_in_the_documented_list():
@@ -211,7 +217,8 @@ def test_config_is_frozen():
 def test_gpu_host_defaults_and_sagemaker_settings_still_win():
     """Issue 10: on a GPU host the default handlers batch on the GPU, so batching is on by default
     (the values are marked to be measured in serve/config.py)."""
-    from serve.config import GPU_BATCH_SIZE, GPU_MAX_BATCH_DELAY_MS, GPU_WORKERS_PER_GPU
+    from serve.config import (CPU_BATCH_SIZE, CPU_MAX_BATCH_DELAY_MS, GPU_BATCH_SIZE, GPU_MAX_BATCH_DELAY_MS,
+                              GPU_WORKERS_PER_GPU)
 
     gpu = dict(BASE, gpus=2)
     model = ServeConfig.from_env({}, **gpu).model_config()["model"]["1.0"]
@@ -222,4 +229,5 @@ def test_gpu_host_defaults_and_sagemaker_settings_still_win():
     model = ServeConfig.from_env(env, **gpu).model_config()["model"]["1.0"]
     assert (model["minWorkers"], model["batchSize"], model["maxBatchDelay"]) == (5, 4, 50)
     cpu = ServeConfig.from_env({}, **BASE).model_config()["model"]["1.0"]
-    assert (cpu["minWorkers"], cpu["batchSize"], cpu["maxBatchDelay"]) == (8, 1, 100)  # CPU host: unchanged
+    assert (cpu["minWorkers"], cpu["batchSize"], cpu["maxBatchDelay"]) == (8, CPU_BATCH_SIZE, CPU_MAX_BATCH_DELAY_MS)
+    assert CPU_BATCH_SIZE > 1 and 0 < CPU_MAX_BATCH_DELAY_MS <= 2  # a lone request waits at most 2 ms

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from serve import handler as handler_mod
 from serve.handler import HandlerService
@@ -374,3 +375,43 @@ def test_threads_adapt_to_the_workers_busy(model_dir, jpeg_bytes, tmp_path, monk
         assert sorted(p.name for p in status.iterdir()) == ["busy-999999"]  # ours is gone
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_batch_of_user_predict_fn_calls_runs_its_model_calls_together(model_dir, jpeg_bytes, monkeypatch):
+    """Default settings (BYOC_OPTIMIZE_MODEL on): the workshop predict_fn is still
+    called once per request, each with its own input; the model runs the batch's
+    images in one forward, with the same answers as the model served untouched,
+    and a request the model rejects still fails alone."""
+    from serve import config, optimize
+
+    write_code(model_dir, WORKSHOP_IMAGES)
+    monkeypatch.setattr(optimize, "_time", lambda fns, x: {k: 1.0 if k == "freeze" else 2.0 for k in fns})
+    monkeypatch.setenv("BYOC_OPTIMIZE_MODEL", "false")
+    config.worker_settings.cache_clear()
+    plain = service_for(model_dir)
+    monkeypatch.delenv("BYOC_OPTIMIZE_MODEL")
+    config.worker_settings.cache_clear()
+    served = service_for(model_dir)
+    photo = {"Content-Type": "image/jpeg"}
+    run_batch(served, model_dir, [(jpeg_bytes, photo)])  # the first input freezes the model
+    assert served.forward.frozen is not None
+    batches = []
+    graph = served.forward.frozen
+    served.forward.frozen = lambda x: batches.append(x.shape[0]) or graph(x)
+    flipped = np.asarray(Image.open(io.BytesIO(jpeg_bytes)))[:, ::-1]
+    buf = io.BytesIO()
+    Image.fromarray(flipped).save(buf, "JPEG")
+    requests = [(jpeg_bytes, photo), (buf.getvalue(), photo), (b"[[1.0, 2.0]]", {"Content-Type": "application/json"}),
+                (jpeg_bytes, photo)]
+    want = run_batch(plain, model_dir, requests)
+    for _ in range(2):   # the first time checks the batch against the inputs alone; then one forward
+        got = run_batch(served, model_dir, requests)
+        assert [code for code, _, _ in got] == [code for code, _, _ in want] == [200, 200, 400, 200]
+        for (_, _, g), (_, _, w) in zip(got, want):
+            g, w = json.loads(g), json.loads(w)
+            if isinstance(w, dict) and "message" in w:
+                assert g == w
+            else:
+                assert [p["class"] for p in g] == [p["class"] for p in w]
+                assert np.allclose([p["probability"] for p in g], [p["probability"] for p in w], atol=1e-4)
+    assert batches.count(3) == 2   # the three photos: once checked, once run together
