@@ -190,7 +190,7 @@ def run_together(model, inputs, predict=None):
 
     done = threading.Event()
     worker = threading.Thread(target=lambda: (model.forward.together([call(i) for i in range(len(inputs))]),
-                                              done.set()), daemon=True)
+                                              done.set()), daemon=True, name="worker")
     worker.start()
     assert done.wait(60), "the calls running together did not all finish"
     return results
@@ -274,7 +274,7 @@ def test_an_input_the_model_rejects_fails_alone_when_run_together(monkeypatch):
     assert all(isinstance(g, torch.Tensor) and g.shape == (1, 3) for i, g in enumerate(got) if i != 2)
 
 
-def test_the_last_call_to_leave_runs_the_batch_outside_autograd_too(resnet18, monkeypatch):
+def test_the_batch_runs_on_the_workers_thread_outside_autograd(resnet18, monkeypatch):
     force_choice(monkeypatch, "freeze")
     optimize.optimize(resnet18)
     serve_like(resnet18, torch.randn(1, 3, 64, 64))
@@ -282,11 +282,14 @@ def test_the_last_call_to_leave_runs_the_batch_outside_autograd_too(resnet18, mo
 
     def predict(x):
         if x is inputs[2]:
-            time.sleep(0.3)   # leaves last, with autograd back on in its thread
+            time.sleep(0.3)   # leaves last
             raise ValueError("late failure")
         return resnet18(x)
 
-    for _ in range(2):
+    graph, threads = resnet18.forward.frozen, set()
+    resnet18.forward.frozen = lambda x: threads.add(threading.current_thread().name) or graph(x)
+    for _ in range(2):   # run_together's thread, like a worker's, has autograd on
         got = run_together(resnet18, inputs, predict)
         assert isinstance(got[2], ValueError)
         assert not got[0].requires_grad and not got[1].requires_grad
+    assert threads == {"worker"}
