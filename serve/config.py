@@ -35,6 +35,12 @@ GOMP_SPINCOUNT                  how long they spin first (default with adaptive 
                                 OMP_WAIT_POLICY of the user's: 10000, about 0.1 ms: through the
                                 gaps between one forward's ops, asleep before another worker needs
                                 the core)
+MALLOC_MMAP_THRESHOLD_          glibc malloc: the size from which an allocation gets its own mapping
+                                (default 268435456: tensors come from the heap and stay there)
+MALLOC_TRIM_THRESHOLD_          glibc malloc: free memory kept at the top of the heap (default
+                                536870912); with glibc's own defaults, freed activations went back
+                                to the kernel and were faulted in again on every forward (2,200-3,100
+                                page faults per request, EfficientNet-Lite0; bench/README.md)
 BYOC_TS_PLUGINS_DIR             TorchServe endpoint plugins (default /opt/byoc/ts-plugins)
 BYOC_INSTALL_REQUIREMENTS       true/false: pip install code/requirements.txt at start (default false)
 BYOC_TOPK                       classes listed per prediction by the default handlers (default 5)
@@ -80,6 +86,11 @@ MB = 1024 * 1024
 GPU_WORKERS_PER_GPU = 1
 GPU_BATCH_SIZE = 32
 GPU_MAX_BATCH_DELAY_MS = 5
+
+# glibc malloc for the workers (issue 11, bench/README.md): allocations up to 256 MiB come from
+# the heap, and up to 512 MiB of free heap is kept, so a forward reuses the last one's pages
+# instead of faulting in new ones. A value the user sets wins.
+MALLOC_DEFAULTS = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "536870912"}
 
 # Defaults on a CPU host (issue 11, bench/README.md). Under load a worker takes up to 4 queued
 # requests at once: one round trip to TorchServe's frontend instead of four, and the model calls
@@ -311,6 +322,7 @@ class ServeConfig:
     install_requirements: bool = False
     omp_wait_policy: str = ""
     gomp_spincount: str = ""
+    malloc_env: tuple = ()  # (name, value) of the glibc malloc settings for the workers
     worker: WorkerSettings = WorkerSettings()
 
     @classmethod
@@ -373,6 +385,8 @@ class ServeConfig:
             # (resnet18, c=1); spinning 0.1 ms first keeps that, and under load cost 0-5% (noise).
             gomp_spincount=str(_int(env, "GOMP_SPINCOUNT", 0, lo=0)) if env.get("GOMP_SPINCOUNT", "").strip()
             else ("10000" if adaptive and not env.get("OMP_WAIT_POLICY", "").strip() else ""),
+            malloc_env=tuple((name, str(_int(env, name, int(default), lo=0)))
+                             for name, default in MALLOC_DEFAULTS.items()),
             worker=dataclasses.replace(WorkerSettings.from_env(env), threads=0 if adaptive else threads,
                                        cpus=cpus, status_dir=None),
         )
@@ -466,6 +480,7 @@ class ServeConfig:
             "MKL_NUM_THREADS": str(self.threads_per_worker),
             **({"OMP_WAIT_POLICY": self.omp_wait_policy} if self.omp_wait_policy else {}),
             **({"GOMP_SPINCOUNT": self.gomp_spincount} if self.gomp_spincount else {}),
+            **dict(self.malloc_env),
             **self.worker.env(),
         }
 

@@ -25,6 +25,9 @@ def test_defaults():
     assert c.worker_env()["OMP_NUM_THREADS"] == "8" and c.worker_env()["BYOC_WORKER_CPUS"] == "8"
     assert c.worker_env()["OMP_WAIT_POLICY"] == "PASSIVE"
     assert c.worker_env()["GOMP_SPINCOUNT"] == "10000"  # a short spin before they sleep
+    # tensors come from the heap and stay there (no page faults per forward)
+    assert c.worker_env()["MALLOC_MMAP_THRESHOLD_"] == str(256 * MB)
+    assert c.worker_env()["MALLOC_TRIM_THRESHOLD_"] == str(512 * MB)
     assert props["max_request_size"] == str(6 * MB) == props["max_response_size"]
     assert props["install_py_dep_per_model"] == "false"
     assert props["decode_input_request"] == "false"
@@ -231,3 +234,10 @@ def test_gpu_host_defaults_and_sagemaker_settings_still_win():
     cpu = ServeConfig.from_env({}, **BASE).model_config()["model"]["1.0"]
     assert (cpu["minWorkers"], cpu["batchSize"], cpu["maxBatchDelay"]) == (8, CPU_BATCH_SIZE, CPU_MAX_BATCH_DELAY_MS)
     assert CPU_BATCH_SIZE > 1 and 0 < CPU_MAX_BATCH_DELAY_MS <= 2  # a lone request waits at most 2 ms
+
+
+def test_the_users_malloc_settings_win_and_bad_ones_stop_serve():
+    env = cfg(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="0").worker_env()
+    assert (env["MALLOC_MMAP_THRESHOLD_"], env["MALLOC_TRIM_THRESHOLD_"]) == ("131072", "0")
+    with pytest.raises(ConfigError, match="MALLOC_TRIM_THRESHOLD_"):
+        cfg(MALLOC_TRIM_THRESHOLD_="lots")
