@@ -28,14 +28,15 @@ handler runs each predict_fn call in its own thread. Each call still gets its
 own input and its own output; the model's forward calls they make meet here,
 and once every call still running is waiting on one, their inputs go through
 the graph as one batch, on the worker's own thread, and each gets its own row
-back. The first time for a
-batch size, each input also runs alone, and the batch is used for that size
-only if its rows match those (ATOL/RTOL): a model whose samples affect each
-other, or a graph that fixed the batch size, keeps running one input at a time.
+back. The first time for a batch size, each input also runs alone, and the
+batch is used for that size only if its rows match those (ATOL/RTOL): a model
+whose samples affect each other, or a graph that fixed the batch size, keeps
+running one input at a time.
 
 Measured (bench/README.md, "Issue 11"): 1 thread, resnet18@224 27.5 ms per
 image as the user's model, 21.1 ms frozen, 18.3 ms per image frozen in a batch
-of 2.
+of 2; served with a workshop inference.py at concurrency 32, 1.13x the tuned
+AWS stack with the graph alone, 1.50x with the model calls run together.
 """
 from __future__ import annotations
 

@@ -108,6 +108,14 @@ def force_choice(monkeypatch, fastest):
     monkeypatch.setattr(optimize, "_time", fake_time)
 
 
+def frozen_on(model, monkeypatch, kind, first):
+    """``model`` optimised, its graph (``kind``) frozen on the first input ``first``."""
+    force_choice(monkeypatch, kind)
+    optimize.optimize(model)
+    serve_like(model, first)
+    return model
+
+
 @pytest.mark.parametrize("fastest", ["freeze", "optimize_for_inference"])
 def test_the_fastest_graph_that_matches_is_kept(resnet18, monkeypatch, fastest):
     force_choice(monkeypatch, fastest)
@@ -197,9 +205,7 @@ def run_together(model, inputs, predict=None):
 
 
 def test_calls_run_together_give_each_its_own_answer(resnet18, monkeypatch):
-    force_choice(monkeypatch, "optimize_for_inference")
-    optimize.optimize(resnet18)
-    serve_like(resnet18, torch.randn(1, 3, 64, 64))
+    frozen_on(resnet18, monkeypatch, "optimize_for_inference", torch.randn(1, 3, 64, 64))
     forward = resnet18.forward
     batches = []
     graph = forward.frozen
@@ -234,9 +240,7 @@ def test_a_model_whose_samples_interact_keeps_running_them_alone(monkeypatch):
 
 
 def test_calls_that_fail_wander_or_call_twice_do_not_hold_up_the_others(resnet18, monkeypatch):
-    force_choice(monkeypatch, "freeze")
-    optimize.optimize(resnet18)
-    serve_like(resnet18, torch.randn(1, 3, 64, 64))
+    frozen_on(resnet18, monkeypatch, "freeze", torch.randn(1, 3, 64, 64))
     inputs = [torch.randn(1, 3, 64, 64) for _ in range(6)]
 
     def predict(x):
@@ -263,11 +267,8 @@ def test_calls_that_fail_wander_or_call_twice_do_not_hold_up_the_others(resnet18
 
 
 def test_an_input_the_model_rejects_fails_alone_when_run_together(monkeypatch):
-    force_choice(monkeypatch, "freeze")
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 3)).eval()
-    optimize.optimize(model)
-    serve_like(model, torch.randn(1, 6))
+    model = frozen_on(torch.nn.Sequential(torch.nn.Linear(6, 3)).eval(), monkeypatch, "freeze", torch.randn(1, 6))
     good = [torch.randn(1, 6) for _ in range(3)]
     got = run_together(model, good[:2] + [torch.randn(1, 6).double()] + good[2:])
     assert isinstance(got[2], RuntimeError)  # torch's dtype error, for that input only
@@ -275,9 +276,7 @@ def test_an_input_the_model_rejects_fails_alone_when_run_together(monkeypatch):
 
 
 def test_the_batch_runs_on_the_workers_thread_outside_autograd(resnet18, monkeypatch):
-    force_choice(monkeypatch, "freeze")
-    optimize.optimize(resnet18)
-    serve_like(resnet18, torch.randn(1, 3, 64, 64))
+    frozen_on(resnet18, monkeypatch, "freeze", torch.randn(1, 3, 64, 64))
     inputs = [torch.randn(1, 3, 64, 64) for _ in range(3)]
 
     def predict(x):
