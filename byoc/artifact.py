@@ -286,8 +286,9 @@ class EvalTransform:
 
     The trainer applies it with ``torchvision()`` (torchvision v2, on its data loader
     workers); the serving handler with ``pil()`` (Pillow's resampler, which skips work on
-    large photos), normalising on the model's device. A ``crop_ratio`` of 1.0 or more
-    makes ``pil()`` resize to ``crop_size`` directly (docs/model-artifact.md).
+    large photos), normalising on the model's device. Both for every ``crop_ratio``: at
+    1.0 the shorter side goes to the crop size and the center is cropped, as the
+    trainer validated (docs/model-artifact.md).
     """
 
     channels: int
@@ -326,8 +327,6 @@ class EvalTransform:
 
         height, width = self.crop_size
         resample = Image.Resampling[self.interpolation.upper()]
-        if self.crop_ratio >= 1.0:
-            return img.resize((width, height), resample)
         short = self.resize_size
         scale = short / min(img.size)
         size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))

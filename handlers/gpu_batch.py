@@ -11,8 +11,8 @@ with nvjpeg, resized and cropped on the GPU, and the network run under autocast.
   one raises the CPU path's 400. Raised from predict_fn, that fails the batch, and the
   handler service retries its requests one by one, so only the corrupt request gets the 400.
 - Resize and crop: ``byoc.artifact.EvalTransform``, the trainer's evaluation transform, with
-  torchvision's tensor kernels on the device (its ``torchvision()`` form); a crop ratio of 1
-  squeezes the whole image to the input size, as its ``pil()`` form on the CPU path does.
+  torchvision's tensor kernels on the device (its ``torchvision()`` form), for every crop
+  ratio, as its ``pil()`` form on the CPU path does.
 
 Settings (serve.config.WorkerSettings, checked when `serve` starts):
 BYOC_GPU_DECODE  auto (on GPU workers) | on (also on CPU: tests, benchmarks) | off
@@ -96,13 +96,10 @@ def assemble(inputs: list, device: torch.device, spec: dict) -> torch.Tensor:
 
 def eval_resize(img: torch.Tensor, transform: artifact.EvalTransform) -> torch.Tensor:
     """``transform`` on a uint8 ``[C, H, W]`` tensor on any device: what its ``torchvision()``
-    form does (the trainer's validation), called as kernels rather than a v2 pipeline per image;
-    a crop ratio >= 1 squeezes the whole image to the crop size, as its ``pil()`` form does."""
+    form does (the trainer's validation), called as kernels rather than a v2 pipeline per image."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
     mode = InterpolationMode(transform.interpolation)
-    if transform.crop_ratio >= 1.0:
-        return F.resize(img, list(transform.crop_size), interpolation=mode, antialias=True)
     resized = F.resize(img, [transform.resize_size], interpolation=mode, antialias=True)
     return F.center_crop(resized, list(transform.crop_size))

@@ -180,11 +180,11 @@ def square(size: int, ratio: float) -> artifact.EvalTransform:
 
 def test_tensor_resize_is_the_trainers_eval_transform_bitwise():
     img = torch.randint(0, 256, (3, 375, 500), dtype=torch.uint8)
-    for size, ratio in [(224, 0.875), (64, 0.875), (32, 0.8), (100, 1.0 - 1e-9)]:
+    for size, ratio in [(224, 0.875), (64, 0.875), (32, 0.8), (100, 1.0 - 1e-9), (100, 1.0)]:
         expected = artifact.eval_transform(size, ratio)(img).as_subclass(torch.Tensor)
         assert torch.equal(gpu_batch.eval_resize(img, square(size, ratio)), expected), (size, ratio)
-    squeezed = gpu_batch.eval_resize(img, artifact.EvalTransform(channels=3, crop_size=(32, 56), crop_ratio=1.0))
-    assert squeezed.shape == (3, 32, 56)
+    wide = gpu_batch.eval_resize(img, artifact.EvalTransform(channels=3, crop_size=(32, 56), crop_ratio=1.0))
+    assert wide.shape == (3, 32, 56)
 
 
 # Tensor path (libjpeg-turbo decode, torch's antialiased bilinear) against the trainer's PIL path
@@ -243,7 +243,7 @@ def test_top1_equal_gpu_path_vs_cpu_path_and_bf16_vs_fp32_with_a_real_network():
 
 
 def test_multihead_handler_takes_the_same_batch_path(gpu_decode, photo_jpeg, monkeypatch, tmp_path):
-    """Non-square input and eval_crop_ratio 1 (the whole image squeezed, as the CPU path does)."""
+    """Non-square input and eval_crop_ratio 1 (resized and center-cropped, as the CPU path does)."""
 
     heads = [{"name": "a", "num_classes": 4, "classes": list("wxyz"), "weight": 2.0},
              {"name": "b", "num_classes": 2, "classes": ["n", "y"], "weight": 1.0}]

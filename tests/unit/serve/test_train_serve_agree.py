@@ -3,14 +3,16 @@ import io
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from byoc.artifact import eval_transform
 from handlers import common, image_classifier
 
 
-def test_input_fn_repeats_the_trainers_eval_transform(tmp_path, monkeypatch):
-    size, ratio = 64, 0.875
+@pytest.mark.parametrize("ratio", [0.875, 1.0])   # 1.0: center crop of a non-square photo, not a squeeze
+def test_input_fn_repeats_the_trainers_eval_transform(tmp_path, monkeypatch, ratio):
+    size = 64
     (tmp_path / "model.json").write_text(json.dumps({"input_size": [3, size, size], "eval_crop_ratio": ratio}))
     monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path))
     common.read_spec.cache_clear()
@@ -37,7 +39,7 @@ def test_center_crop_takes_the_same_pixels_as_torchvision(tmp_path, monkeypatch)
 
     digits = (load_digits().images[:20] * 255 / 16).astype(np.uint8)
     digits = np.kron(digits, np.ones((4, 4), dtype=np.uint8))          # 32 x 32, sharp edges
-    for size, ratio in [(24, 0.875), (20, 0.8), (32, 0.875)]:
+    for size, ratio in [(24, 0.875), (20, 0.8), (32, 0.875), (32, 1.0)]:
         (tmp_path / "model.json").write_text(json.dumps({"input_size": [3, size, size], "eval_crop_ratio": ratio}))
         common.read_spec.cache_clear()
         for im in digits:
