@@ -377,6 +377,8 @@ class Trainer:
                 bar.close()
             self.end_epoch(images_done, train_seconds)
             if stop.requested:  # arrived during evaluation: the epoch checkpoint is already written
+                log.warning("stopped by signal after epoch=%d; rerun to resume from the epoch checkpoint",
+                            self.epoch)
                 return INTERRUPTED_EXIT_CODE
         self.finish()
         return 0

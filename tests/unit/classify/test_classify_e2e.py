@@ -91,13 +91,14 @@ def test_missing_channel_fails_fast_with_reason(tmp_path):
     assert "'train' channel is missing" in proc.stderr
 
 
-def stop_at_step(command: list, env: dict, step: int) -> tuple[int, str]:
-    """Run the trainer, send SIGTERM once it logs ``step`` of epoch 1; (exit status, its log)."""
+def stop_at_step(command: list, env: dict, step: int | str) -> tuple[int, str]:
+    """Run the trainer, send SIGTERM once it logs ``step`` of epoch 1 (or, for step "end",
+    its epoch-1 metrics line: during the epoch's evaluation and checkpoint); (exit status, its log)."""
     run = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in run.stdout:
         seen.append(line)
-        if f"progress epoch=1 step={step}/" in line:
+        if f"progress epoch=1 step={step}/" in line or (step == "end" and " epoch=1 train_loss=" in line):
             run.send_signal(signal.SIGTERM)
             break
     rest, _ = run.communicate(timeout=300)
@@ -147,3 +148,25 @@ def test_sigterm_then_resume_is_bitwise_equal_to_uninterrupted(tmp_path, write_r
     assert not different, f"stopped after step {stop_after}; differing tensors: {different[:5]}"
     # and the resumed run's last epoch line (per-head recalls included) matches the uninterrupted one's
     assert epoch_metrics(proc.stdout, 2) == epoch_metrics(resumed.stdout, 2)
+
+
+def test_sigterm_at_the_end_of_an_epoch_stops_says_so_and_resumes(tmp_path):
+    """The signal lands in the epoch's evaluation: the epoch checkpoint is the one to resume from."""
+    images, labels = digits(per_class=30)
+    args = ["--epochs", "2", "--batch-size", "16", "--val-fraction", "0.2", "--deterministic", "true",
+            "--workers", "1", "--log-interval", "1"]
+    whole = ml_root(tmp_path / "whole", images, labels)
+    proc = subprocess.run(trainer(whole, *args), env=env_for(whole), cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cut = ml_root(tmp_path / "cut", images, labels)
+    returncode, log = stop_at_step(trainer(cut, *args), env_for(cut), "end")
+    assert returncode == 143, log[-3000:]
+    assert "stopped by signal" in log, log[-3000:]
+    assert re.findall(r"checkpoint \((\w+)\)", log)[-1] in ("epoch", "SIGTERM"), log[-3000:]
+    resumed = subprocess.run(trainer(cut, *args), env=env_for(cut), cwd=REPO, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stdout[-3000:]
+    a = torch.load(whole / "model/model.pt", weights_only=True)
+    b = torch.load(cut / "model/model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
