@@ -28,7 +28,6 @@ from byoc import artifact, gpu_image
 from serve import codecs, config
 
 
-
 class EncodedJpeg:
     """One request's JPEG, header checked, not decoded. ``shape[0]``: one image, as the
     ``[1, C, H, W]`` tensor the CPU path's input_fn returns."""

@@ -151,7 +151,7 @@ class HandlerService:
                 # only that request fails.
                 logger.warning("batched predict failed; retrying one by one", exc_info=True)
         calls = [functools.partial(self._predict_into, r) for r in good]
-        if self.forward is not None and len(calls) > 1:
+        if self.forward is not None:
             # each predict_fn call still gets its own input; their model calls run as one batch
             self.forward.together(calls)
             return

@@ -164,21 +164,24 @@ class FrozenForward:
         with torch.no_grad():
             n = len(inputs)
             if n == 1 or self.joined.get(n) is False:
-                return [_outcome(self._forward, x) for x in inputs]
+                return self._one_at_a_time(inputs)
             try:
                 batch = self.frozen(torch.cat(inputs))
             except Exception:
                 logger.info("running %d inputs together failed: one at a time", n, exc_info=True)
-                return [_outcome(self._forward, x) for x in inputs]
+                return self._one_at_a_time(inputs)
             rows = [batch[i:i + 1].clone() for i in range(n)]
             if n not in self.joined:   # first time: the answers alone, and check the rows against them
-                alone = [_outcome(self._forward, x) for x in inputs]
+                alone = self._one_at_a_time(inputs)
                 self.joined[n] = all(not isinstance(a, BaseException) and _matches(r, a)
                                      for r, a in zip(rows, alone))
                 logger.info("%d inputs run together: %s", n, "rows match the inputs run alone"
                             if self.joined[n] else "rows differ; one at a time")
                 return alone
             return rows
+
+    def _one_at_a_time(self, inputs: list) -> list:
+        return [_outcome(self._forward, x) for x in inputs]
 
     # ------------------------------------------------------------ freezing
     def _trace(self, probe):
@@ -213,28 +216,36 @@ class FrozenForward:
         except Exception as exc:  # any failure: the user's forward stays
             logger.info("model not optimised: freezing failed (%s: %s)", type(exc).__name__, exc)
             return
+        chosen = self._choose(candidates, probe, expected)
+        # The graphs not kept, and the trace, hold copies of the weights: whatever was chosen.
+        del candidates, traced
+        _release_memory()
+        if chosen is not None:
+            self.kind, self.frozen = chosen
+            self.sample, self.sizes = _sample(x), {x.shape[0]: True}
+
+    def _choose(self, candidates: dict, probe, expected):
+        """(kind, graph) of the fastest candidate that gives ``expected`` on ``probe``
+        and beats the user's forward by MIN_SPEEDUP; None otherwise (logged)."""
         good = {}
         for kind, graph in candidates.items():
-            got = _run_quietly(graph, probe)
-            if _matches(got, expected):
+            if _matches(_run_quietly(graph, probe), expected):
                 good[kind] = graph
             else:
                 logger.info("frozen graph (%s) not used: its output differs from the model's", kind)
         if not good:
             logger.warning("model not optimised: the frozen graphs' outputs differ from the model's")
-            return
+            return None
         times = _time({"model": self.user_forward, **good}, probe)
         kind = min(good, key=times.get)
         summary = ", ".join(f"{k} {1000 * t:.1f} ms" for k, t in times.items())
         if times["model"] < MIN_SPEEDUP * times[kind]:
             logger.info("model not optimised: no frozen graph is %.0f%% faster (%s)",
                         100 * (MIN_SPEEDUP - 1), summary)
-            return
-        self.frozen, self.kind = good[kind], kind
-        self.sample, self.sizes = _sample(x), {x.shape[0]: True}
-        del candidates, good, traced
-        _release_memory()
-        logger.info("model optimised: %s for input %s %s (%s per call)", kind, list(x.shape), x.dtype, summary)
+            return None
+        logger.info("model optimised: %s for input %s %s (%s per call)", kind, list(probe.shape), probe.dtype,
+                    summary)
+        return kind, good[kind]
 
 
 class _Meeting:
@@ -299,9 +310,9 @@ class _Meeting:
 
 
 def _release_memory() -> None:
-    """The graph not kept held its own copy of the weights: collect it, and give
-    the freed pages back (glibc keeps them in the heap otherwise: 35 MiB for
-    resnet18, measured)."""
+    """Collect the graphs not kept (each held its own copy of the weights), and
+    give the freed pages back (glibc keeps them in the heap otherwise: 35 MiB
+    for resnet18, measured)."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
