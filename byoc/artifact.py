@@ -68,6 +68,48 @@ def code_dir(model_dir) -> str:
     return os.path.join(model_dir, CODE_DIR)
 
 
+def model_root(model_dir) -> str:
+    """The folder holding the model's files: a model.tar.gz whose only top-level entry is a
+    folder unpacks as that folder, so descend into it (FileNotFoundError when absent)."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"the model directory {model_dir} does not exist")
+    entries = [e for e in os.listdir(model_dir) if not e.startswith(".")]
+    if len(entries) == 1 and entries[0] != CODE_DIR and os.path.isdir(os.path.join(model_dir, entries[0])):
+        return os.path.join(model_dir, entries[0])
+    return model_dir
+
+
+PICKLE_SUFFIXES = (".pt", ".pth")
+
+
+def default_model_file(model_dir) -> str | None:
+    """The file a default model_fn loads when there is no model.json, in the order it tries:
+    model.ts (TorchScript), model.pt2 (torch.export), then SageMaker's PyTorch toolkit's rule:
+    model.pt, else the one *.pt / *.pth file. None when there is none; ValueError, naming them,
+    when several *.pt / *.pth files leave the choice open."""
+    for name in (TORCHSCRIPT_FILE, EXPORTED_FILE, WEIGHTS_FILE):
+        if os.path.isfile(os.path.join(model_dir, name)):
+            return os.path.join(model_dir, name)
+    found = sorted(f for f in os.listdir(model_dir)
+                   if f.endswith(PICKLE_SUFFIXES) and os.path.isfile(os.path.join(model_dir, f)))
+    if len(found) > 1:
+        raise ValueError(f"several model files and no model.pt to choose: {', '.join(found)} "
+                         "(keep one, name it model.pt, or load it in model_fn)")
+    return os.path.join(model_dir, found[0]) if found else None
+
+
+def describe(model_dir) -> str:
+    """What the model directory holds, for an error message (the first 20 entries)."""
+    try:
+        names = sorted(os.listdir(model_dir))
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if not names:
+        return "nothing (it is empty)"
+    shown = [n + ("/" if os.path.isdir(os.path.join(model_dir, n)) else "") for n in names[:20]]
+    return ", ".join(shown) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+
+
 # ----------------------------------------------------------------------------- define, write, read
 
 

@@ -1,52 +1,95 @@
-"""Default handler for raw tensors: npy/json/csv in, the model's output tensor out
+"""Default handler for raw tensors: npy/json/csv in, the model's output out
 (application/json by default, application/x-npy, text/csv).
 
-Also the fallback for a user's inference.py that defines only some functions
-and a model with no model.json (SageMaker's PyTorch toolkit behaves the same).
+Also what fills in for a user's code/inference.py that defines only some functions, and for a
+model with no model.json. Its model_fn loads what SageMaker's PyTorch serving toolkit loads,
+so a model.tar.gz made for the AWS Deep Learning Container works unchanged: a TorchScript
+``model.pt``, else the one ``*.pt`` / ``*.pth`` file, with ``torch.jit.load``; and
+``model.ts`` (TorchScript), ``model.pt2`` (torch.export) and our model.json + weights. Its
+predict_fn, like the toolkit's, runs the model in eval mode on the worker's device, one
+request per call: concurrent calls are merged into one batch only where serve/optimize.py has
+proven that this gives every request its own answer.
 """
 from __future__ import annotations
 
+import logging
 import os
+import warnings
+import zipfile
 
 import torch
 
+from byoc import artifact
 from handlers import common
-from serve import codecs
-from serve.user_module import batched
+from serve import codecs, config
 
+logger = logging.getLogger(__name__)
 
 def model_fn(model_dir: str, context=None):
-    """TorchScript (model.ts), torch.export (model.pt2), or model.pt + model.json."""
+    """model.ts, model.pt2, model.json + its weights, a TorchScript model.pt, or the one *.pt / *.pth."""
     dev = common.device()
-    ts, pt2 = os.path.join(model_dir, "model.ts"), os.path.join(model_dir, "model.pt2")
-    if os.path.isfile(ts):
-        return torch.jit.load(ts, map_location=dev).eval()
-    if os.path.isfile(pt2):
-        return torch.export.load(pt2).module().to(dev)
-    if os.path.isfile(os.path.join(model_dir, "model.json")):
+    path = artifact.default_model_file(model_dir)
+    if path is not None and path.endswith(artifact.TORCHSCRIPT_FILE):
+        return _load_torchscript(path, dev)
+    if path is not None and path.endswith(artifact.EXPORTED_FILE):
+        return torch.export.load(path).module().to(dev)
+    if os.path.isfile(artifact.spec_path(model_dir)):
         return common.load_network(model_dir).to(dev)
-    raise FileNotFoundError(
-        "no model to load: the model directory has neither code/inference.py with "
-        "model_fn, nor model.ts, model.pt2, or model.json + model.pt"
-    )
+    if path is None:
+        program = config.worker_settings().program
+        raise FileNotFoundError(
+            f"no model to load: the model directory has no code/{program} (SAGEMAKER_PROGRAM) with a "
+            "model_fn, and none of the files the default model_fn loads (model.json + model.pt, model.ts, "
+            f"model.pt2, a TorchScript model.pt, or one *.pt / *.pth file); it holds: {artifact.describe(model_dir)}")
+    return _load_torchscript(path, dev)
+
+
+def _load_torchscript(path: str, dev: torch.device):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)   # explained below, once
+            model = torch.jit.load(path, map_location=dev).eval()
+        logger.info("%s is TorchScript, which torch deprecates (torch.jit.load warns): it loads and runs; "
+                    "torch.export (model.pt2) is what replaces it", os.path.basename(path))
+        return model
+    except RuntimeError:
+        raise ValueError(f"{os.path.basename(path)} is {_what_is(path)}, not a TorchScript model, and "
+                         f"there is no model.json to rebuild the network from: {_fix_for(path)}") from None
+
+
+def _what_is(path: str) -> str:
+    """What a .pt file that is not TorchScript holds, as far as a safe load tells."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return "a pickled object that only weights_only=False would load (it runs code from the file)" \
+            if zipfile.is_zipfile(path) else "not a file torch can read"
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return f"a state_dict ({len(obj)} tensors, e.g. {next(iter(obj))!r})"
+    return f"a {type(obj).__name__} saved with torch.save"
+
+
+def _fix_for(path: str) -> str:
+    program = config.worker_settings().program
+    return (f"add code/{program} (SAGEMAKER_PROGRAM) with a model_fn that builds the network and loads "
+            f"{os.path.basename(path)}, or save the model with torch.jit.save or torch.export")
 
 
 def input_fn(body, content_type: str, context=None) -> torch.Tensor:
+    """npy keeps its dtype; JSON and CSV numbers become float32, as the toolkit's FloatTensor."""
     arr = codecs.decode_array(body, content_type)
     t = torch.from_numpy(arr)
-    return t.float() if t.dtype == torch.float64 else t
+    if content_type in (codecs.JSON, codecs.CSV) or t.dtype == torch.float64:
+        return t.float()
+    return t
 
 
-@batched
-def predict_fn(inputs: list[torch.Tensor], model, context=None) -> list:
-    """Concatenate along dim 0 when the shapes allow it, else one by one."""
-    dev = _device_of(model)
-    same = len({(t.dtype, tuple(t.shape[1:])) for t in inputs}) == 1 and inputs[0].dim() > 0
-    if len(inputs) > 1 and same:
-        out = model(torch.cat(inputs).to(dev))
-        if isinstance(out, torch.Tensor):
-            return [o.cpu() for o in torch.split(out, common.batch_sizes(inputs))]
-    return [_to_cpu(model(t.to(dev))) for t in inputs]
+def predict_fn(data: torch.Tensor, model, context=None):
+    """The model in eval mode on its device, as the toolkit's default predict_fn (which
+    calls model.eval() too: a model_fn may return a model in training mode)."""
+    if getattr(model, "training", False):
+        model.eval()
+    return _to_cpu(model(data.to(_device_of(model))))
 
 
 def output_fn(prediction, accept: str, context=None):

@@ -42,7 +42,8 @@ MALLOC_TRIM_THRESHOLD_          glibc malloc: free memory kept at the top of the
                                 to the kernel and were faulted in again on every forward (2,200-3,100
                                 page faults per request, EfficientNet-Lite0; bench/README.md)
 BYOC_TS_PLUGINS_DIR             TorchServe endpoint plugins (default /opt/byoc/ts-plugins)
-BYOC_INSTALL_REQUIREMENTS       true/false: pip install code/requirements.txt at start (default false)
+BYOC_INSTALL_REQUIREMENTS       true/false: pip install code/requirements.txt at start (default true, as
+                                SageMaker's PyTorch toolkit does; offline from code/wheelhouse/ when there)
 BYOC_TOPK                       classes listed per prediction by the default handlers (default 5)
 BYOC_MAX_INSTANCES              images per array request to the default handlers (default 64)
 BYOC_MAX_IMAGE_PIXELS           largest image (width x height) decoded, by our decoders and by PIL
@@ -52,9 +53,13 @@ BYOC_GPU_DECODE                 auto|on|off: the default image handlers decode a
 BYOC_SERVE_AMP                  auto|bf16|fp16|off: the default handlers' autocast (default auto: bf16
                                 on a GPU that has it, else fp16; off on CPU); handlers/gpu_batch.py
 BYOC_OPTIMIZE_MODEL             true/false: run a torch.nn.Module from model_fn through a frozen
-                                graph (torch.jit.freeze) where it gives the model's own outputs and
-                                is faster, and run the model calls of one batch's predict_fn calls
-                                together (default true; serve/optimize.py)
+                                graph (torch.jit.freeze) where it is proven, on distinct inputs, to
+                                give the model's own answers and is faster (default true;
+                                serve/optimize.py)
+BYOC_MERGE_CALLS                auto|on|off: merge the model calls of one batch's predict_fn calls
+                                into one batch (default auto: only for batch sizes proven, on
+                                distinct inputs, to give every input its answer alone; on: without
+                                that proof; off: never, and predict_fn calls run one after another)
 
 Every variable is checked when `serve` starts: a bad value stops the container with
 the variable's name and the reason. The workers get the checked values (worker_env)
@@ -237,6 +242,7 @@ def jvm_heap_mb(memory_bytes: int | None) -> int:
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # a 40 MP photo; a 12000x12000 "bomb" is 144 MP
 GPU_DECODE_CHOICES = ("auto", "on", "off")
 SERVE_AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+MERGE_CHOICES = ("auto", "on", "off")   # serve/optimize.py
 
 
 @dataclass(frozen=True)
@@ -254,6 +260,7 @@ class WorkerSettings:
     cpus: int = 1
     program: str = "inference.py"
     optimize_model: bool = True
+    merge_calls: str = "auto"  # serve/optimize.py: MERGE_CHOICES
     log_level: int = logging.INFO
     status_dir: str | None = None  # set by serve.server: busy / load-failed marker files
     gpu_decode: str = "auto"  # handlers/gpu_batch.py: DECODE_CHOICES
@@ -272,6 +279,7 @@ class WorkerSettings:
             cpus=_int(env, "BYOC_WORKER_CPUS", os.cpu_count() or 1),
             program=_program(env),
             optimize_model=_bool(env, "BYOC_OPTIMIZE_MODEL", True),
+            merge_calls=_choice(env, "BYOC_MERGE_CALLS", MERGE_CHOICES),
             log_level=_log_level(env),
             status_dir=env.get("BYOC_SERVE_STATUS_DIR", "").strip() or None,
             gpu_decode=_choice(env, "BYOC_GPU_DECODE", GPU_DECODE_CHOICES),
@@ -288,6 +296,7 @@ class WorkerSettings:
             "BYOC_WORKER_CPUS": str(self.cpus),
             "SAGEMAKER_PROGRAM": self.program,
             "BYOC_OPTIMIZE_MODEL": str(self.optimize_model).lower(),
+            "BYOC_MERGE_CALLS": self.merge_calls,
             "SAGEMAKER_CONTAINER_LOG_LEVEL": str(self.log_level),
             "BYOC_GPU_DECODE": self.gpu_decode,
             "BYOC_SERVE_AMP": self.serve_amp,
@@ -327,7 +336,7 @@ class ServeConfig:
     gpus: int = 0
     cpus: int = 1
     plugins_dir: str | None = None  # our TorchServe endpoint plugins (/ping, /execution-parameters)
-    install_requirements: bool = False
+    install_requirements: bool = True
     omp_wait_policy: str = ""
     gomp_spincount: str = ""
     malloc_env: tuple = ()  # (name, value) of the glibc malloc settings for the workers
@@ -385,7 +394,7 @@ class ServeConfig:
             gpus=gpus,
             cpus=cpus,
             plugins_dir=_plugins_dir(env),
-            install_requirements=_bool(env, "BYOC_INSTALL_REQUIREMENTS", False),
+            install_requirements=_bool(env, "BYOC_INSTALL_REQUIREMENTS", True),
             # Measured on a shared 2-core host (bench/README.md): 2 torch threads ran resnet18
             # at 3-9 img/s with OpenMP's default spinning, 18-19 with PASSIVE, 21 with 1 thread.
             omp_wait_policy=env.get("OMP_WAIT_POLICY", "").strip() or ("PASSIVE" if adaptive else ""),

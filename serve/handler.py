@@ -84,7 +84,7 @@ class HandlerService:
         self.initialized = False
         self.fns: user_module.Functions | None = None
         self.model = None
-        self.forward: optimize.FrozenForward | None = None  # the model's wrapped forward, when optimised
+        self.forward: optimize.ModelForward | None = None  # the model's wrapped forward, when optimised
         self.context = None
         self.settings: config.WorkerSettings | None = None
         self.threads = 0  # torch intra-op threads in use
@@ -105,26 +105,39 @@ class HandlerService:
         start = time.monotonic()
         self.model = user_module.call(self.fns.model_fn, model_dir, context=context)
         logger.info("model loaded in %.1f s", time.monotonic() - start)
-        if self.settings.optimize_model:
-            self.forward = optimize.optimize(self.model)
-        else:
-            logger.info("model not optimised: BYOC_OPTIMIZE_MODEL=false")
+        _warn_if_training(self.model, self.fns)
+        self.forward = optimize.optimize(self.model, graph=self.settings.optimize_model,
+                                         merge=self.settings.merge_calls)
         self.initialized = True
 
     # ------------------------------------------------------------ per batch
     def handle(self, data: list, context) -> list[bytes]:
+        """TorchServe's batch: it has no hook after the answers, so the last batch's
+        proofs and rechecks run first."""
+        self.after_reply()
         self.context = context
         requests = _requests(data, context)
         with _busy_marker(self.settings.status_dir) as busy:
-            if not self.settings.threads:
-                self._use_threads(max(1, self.settings.cpus // max(1, busy.workers())))
-            if self.fns.transform_fn is not None:
-                self.transform(requests)
-            else:
-                self.preprocess(requests)
-                self.inference(requests)
-                self.postprocess(requests)
+            self.run(requests, 0 if self.settings.threads else max(1, self.settings.cpus // max(1, busy.workers())))
         return [self.respond(r, context) for r in requests]
+
+    def run(self, requests: list[Request], threads: int = 0) -> None:
+        """Answer one batch: each request gets its output or its error; ``threads``: torch's
+        intra-op threads for it (0: as they are)."""
+        if threads:
+            self._use_threads(threads)
+        if self.fns.transform_fn is not None:
+            self.transform(requests)
+        else:
+            self.preprocess(requests)
+            self.inference(requests)
+            self.postprocess(requests)
+
+    def after_reply(self) -> None:
+        """What the optimisation left for after the answers (serve/optimize.py): its proofs
+        and rechecks. The engine calls it once a batch's answers have gone."""
+        if self.forward is not None:
+            self.forward.after_reply()
 
     def preprocess(self, requests: list[Request]) -> None:
         for r in requests:
@@ -292,18 +305,21 @@ def http_error(exc: BaseException, stage: str, idx: int = 0) -> HTTPError:
         return BadRequest(f"the model rejected the input: {client_message(exc)}")
     logger.error("%s failed for request %d", stage, idx, exc_info=exc)
     what = "prediction" if stage == "predict_fn" else stage
+    if stage == "predict_fn" and sys.modules.get("torch") is not None and _compiler_failure(exc):
+        return InternalError(f"the model failed to compile (torch.compile: {type(exc).__name__}); "
+                             "the server log has the reason")
     return InternalError(f"{what} failed ({type(exc).__name__})")
 
 
 def _rejects_input(exc: BaseException) -> bool:
     """Whether torch itself refused the data (the innermost frame is torch's
-    code: a wrong shape or dtype for the network), not out of memory or a CUDA
-    fault (a kernel "not implemented for 'Bool'" is a wrong dtype). An exception
-    that the user's own code raises stays a 500."""
+    code: a wrong shape or dtype for the network), not out of memory, a CUDA
+    fault or a compiler failure (a kernel "not implemented for 'Bool'" is a wrong
+    dtype). An exception that the user's own code raises stays a 500."""
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(exc, (TypeError, ValueError, IndexError, RuntimeError)):
         return False
-    if isinstance(exc, (RecursionError, torch.OutOfMemoryError)):
+    if isinstance(exc, (RecursionError, torch.OutOfMemoryError)) or _compiler_failure(exc):
         return False
     text = str(exc).lower()
     if any(s in text for s in ("out of memory", "can't allocate memory", "cuda error", "cudnn", "nccl")):
@@ -313,6 +329,19 @@ def _rejects_input(exc: BaseException) -> bool:
         tb = tb.tb_next
     torch_dir = os.path.dirname(torch.__file__) + os.sep
     return tb is not None and tb.tb_frame.f_code.co_filename.startswith(torch_dir)
+
+
+def _compiler_failure(exc: BaseException) -> bool:
+    """torch.compile (dynamo, inductor) failing: the server's fault, never the request's."""
+    tb, torch_dir = exc.__traceback__, os.path.dirname(sys.modules["torch"].__file__) + os.sep
+    compiler_dirs = tuple(os.path.join(torch_dir, d) + os.sep for d in ("_dynamo", "_inductor"))
+    if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+        return True
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith(compiler_dirs):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _is_decompression_bomb(exc: BaseException | None) -> bool:
@@ -342,6 +371,19 @@ def _as_response(out, accept: str) -> tuple[bytes, str]:
         # A raw prediction: encode it as the client asked.
         out = codecs.encode(out, accept)
     return bytes(out), ctype
+
+
+def _warn_if_training(model, fns: user_module.Functions) -> None:
+    """A model_fn that returns a model in training mode (dropout on, batch norm on batch
+    statistics): the default predict_fn calls model.eval(), as SageMaker's toolkit does;
+    the user's own predict_fn runs it as it is, so the same input can get other answers."""
+    if not getattr(model, "training", False) or not callable(getattr(model, "eval", None)):
+        return
+    own = fns.transform_fn is not None or not getattr(fns.predict_fn, "__module__", "").startswith("handlers.")
+    logger.warning("model_fn returned a model in training mode (dropout and batch norm act as in training): %s",
+                   "your predict_fn/transform_fn runs it as it is, so the same input can get different "
+                   "answers: call model.eval() in model_fn" if own else
+                   "the default predict_fn puts it in eval mode")
 
 
 def _inference_mode():

@@ -22,17 +22,6 @@ logger = logging.getLogger(__name__)
 HANDLER = "serve.handler:handle"
 
 
-def model_root(model_dir: str) -> str:
-    """The directory holding the model files: SageMaker unpacks a model.tar.gz
-    that has a single top-level folder as that folder, so descend into it."""
-    if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"model directory {model_dir} does not exist")
-    entries = [e for e in os.listdir(model_dir) if not e.startswith(".")]
-    if len(entries) == 1 and os.path.isdir(os.path.join(model_dir, entries[0])) and entries[0] != artifact.CODE_DIR:
-        return os.path.join(model_dir, entries[0])
-    return model_dir
-
-
 def manifest() -> dict:
     return {
         "createdOn": datetime.datetime.now().strftime("%d/%m/%Y %H:%M:%S"),
@@ -44,7 +33,7 @@ def manifest() -> dict:
 
 def build(model_dir: str, store: str) -> str:
     """Create <store>/model linking to the files of ``model_dir``; return its path."""
-    src = model_root(model_dir)
+    src = artifact.model_root(model_dir)
     dst = os.path.join(store, MODEL_NAME)
     if os.path.lexists(dst):
         shutil.rmtree(dst)

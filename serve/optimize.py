@@ -1,47 +1,53 @@
-"""A cheaper forward for the user's model, same results: a frozen TorchScript
-graph, used only where it gives the user's own outputs back, and the forward
-calls of one TorchServe batch's predict_fn calls run together as one batch.
+"""A cheaper forward for the user's model, never another answer.
 
-The model object model_fn returned stays the one predict_fn gets (its attributes,
-eval(), to() all work); only its ``forward`` is wrapped.
+Two optimisations, each used only where it is shown, on distinct inputs, to give the
+model's own answers, and checked again on live traffic:
 
-The frozen graph. The first call with a single CPU tensor, outside autograd,
-runs the user's forward as is and answers with its output. That input is then
-traced and frozen two ways, ``torch.jit.freeze`` alone and with
-``optimize_for_inference`` (conv-bn folding, oneDNN convolutions), each checked
-against the user's output and timed against the user's forward; the fastest is
-kept if it beats the user's forward by MIN_SPEEDUP (measured: resnet18 and
-EfficientNet-Lite0 gain most from optimize_for_inference, MobileNetV3 from
-freeze alone, and a model can gain nothing). After that, a call whose input has
-the checked per-sample shape, dtype and device, outside autograd and autocast,
-with the model in eval mode, runs the graph: for a new batch size the first call
-runs the user's forward and checks the graph against it before the graph takes
-that size. Anything else runs the user's forward. The model is served untouched
-when tracing warns (data-dependent Python control flow), fails, or the graph's
-output differs from the user's beyond ATOL + RTOL * |out|. The graph holds its
-own copy of the weights: a model whose weights predict_fn changes later should
-run with BYOC_OPTIMIZE_MODEL=false.
+- **A frozen graph** (``BYOC_OPTIMIZE_MODEL``): the model traced and frozen with
+  ``torch.jit.freeze``, alone or with ``optimize_for_inference`` (conv-bn folding, oneDNN
+  kernels), the fastest kept when it beats the user's forward by MIN_SPEEDUP.
+- **Merged model calls** (``BYOC_MERGE_CALLS`` auto|on|off): when a worker gets several
+  requests and the user's predict_fn takes one at a time, each predict_fn call runs in its
+  own thread with its own input and output; their model calls meet here and run as one batch
+  on the worker's own thread, each call getting its own row back (:meth:`ModelForward.together`).
 
-Running together (:meth:`FrozenForward.together`). When TorchServe hands a
-worker several requests and the user's predict_fn takes one at a time, the
-handler runs each predict_fn call in its own thread. Each call still gets its
-own input and its own output; the model's forward calls they make meet here,
-and once every call still running is waiting on one, their inputs go through
-the graph as one batch, on the worker's own thread, and each gets its own row
-back. The first time for a batch size, each input also runs alone, and the
-batch is used for that size only if its rows match those (ATOL/RTOL): a model
-whose samples affect each other, or a graph that fixed the batch size, keeps
-running one input at a time.
+The rule. The first call with an eligible input (one CPU tensor, outside autograd and
+autocast, the model in eval mode) runs the user's forward and answers with it. After that
+answer has gone (``after_reply``), the worker proves, on a private deep copy of the model
+so that nothing it runs touches the served one:
 
-Measured (bench/README.md, "Issue 11"): 1 thread, resnet18@224 27.5 ms per
-image as the user's model, 21.1 ms frozen, 18.3 ms per image frozen in a batch
-of 2; served with a workshop inference.py at concurrency 32, 1.13x the tuned
-AWS stack with the graph alone, 1.50x with the model calls run together.
+1. the model is pure: the same input twice gives the same answer (no state, no randomness);
+   otherwise nothing is optimised;
+2. the graph gives the model's answer on distinct inputs: the real one beside perturbed and
+   reordered copies (equal inputs prove nothing: a model that scales by the batch's largest
+   value answers a batch of equal inputs as it answers each alone).
+
+A batch size is proven for merging the first time calls of that many requests meet: they
+run one at a time (the answers are the model's own), and after the reply the batch is
+rebuilt from their inputs and distinct companions, run in two orders, and every row is
+compared with that input's answer alone. A model whose samples affect each other never
+merges. With ``on`` the proof is skipped (the user vouches); with ``off`` nothing merges
+and predict_fn calls run one after another on the worker's thread.
+
+Checked again: the first RECHECK_FIRST merged batches and graph answers, then one in
+RECHECK_EVERY, are run again one input at a time through the user's forward, after the
+reply. One mismatch turns that optimisation off for good, with a warning in the log. The
+graph is also dropped as soon as the model's weights or settings change (a predict_fn that
+updates the weights: the graph holds its own copy of them), seen from a fingerprint of
+every parameter's and buffer's storage and version and every module's plain attributes.
+
+TorchScript is deprecated upstream (torch 2.14 warns on trace/freeze); the graph uses it
+until torch removes it (README, "Off TorchScript": what replaces it and why not yet).
+
+Measured (bench/README.md): 1 thread, resnet18@224 27.5 ms per image as the user's model,
+21.1 ms frozen, 18.3 ms per image frozen in a batch of 2.
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import gc
+import itertools
 import logging
 import threading
 import time
@@ -52,18 +58,24 @@ logger = logging.getLogger(__name__)
 
 ATOL = 1e-4
 RTOL = 1e-3
-MIN_SPEEDUP = 1.05  # the graph must beat the user's forward by 5% to be kept
-TIMING_ROUNDS = 3   # interleaved timings of each candidate on the first input
+MIN_SPEEDUP = 1.05   # the graph must beat the user's forward by 5% to be kept
+TIMING_ROUNDS = 3    # interleaved timings of each candidate on the first input
+RECHECK_FIRST = 8    # the first merged batches and graph answers are all checked again ...
+RECHECK_EVERY = 32   # ... then one in RECHECK_EVERY
+DEPRECATION_NOTE = ("the frozen graph uses TorchScript (torch.jit.trace/freeze), deprecated upstream: "
+                    "its FutureWarning is silenced here; README 'Off TorchScript' says what replaces it")
 
 
-def optimize(model) -> "FrozenForward | None":
-    """Wrap ``model.forward`` to freeze on first use; None (and the model
-    untouched) when it is not a plain torch.nn.Module."""
+def optimize(model, *, graph: bool = True, merge: str = "auto") -> "ModelForward | None":
+    """Wrap ``model.forward``; None (and the model untouched) when it is not a plain
+    torch.nn.Module or when both optimisations are off."""
     import torch
 
+    if not graph and merge == "off":
+        logger.info("model not optimised: BYOC_OPTIMIZE_MODEL=false and BYOC_MERGE_CALLS=off")
+        return None
     if not isinstance(model, torch.nn.Module):
-        logger.info("model not optimised: model_fn returned a %s, not a torch.nn.Module",
-                    type(model).__name__)
+        logger.info("model not optimised: model_fn returned a %s, not a torch.nn.Module", type(model).__name__)
         return None
     if isinstance(model, torch.jit.ScriptModule):
         logger.info("model not optimised: already a TorchScript module")
@@ -71,71 +83,251 @@ def optimize(model) -> "FrozenForward | None":
     if "forward" in vars(model):
         logger.info("model not optimised: its forward is set on the instance")
         return None
-    model.forward = FrozenForward(model)
-    logger.info("model optimisation armed: the first tensor input freezes it (torch.jit.freeze)")
+    model.forward = ModelForward(model, graph=graph, merge=merge)
+    logger.info("model optimisation armed (frozen graph %s, merged calls %s): proven after the first answer",
+                "on" if graph else "off", merge)
     return model.forward
 
 
-class FrozenForward:
-    """The model's forward: the frozen graph for inputs like the one it was
-    traced and checked on, the user's forward for everything else."""
+class ModelForward:
+    """The model's forward: the user's own, the frozen graph, or merged calls, each where proven."""
 
-    def __init__(self, model):
+    def __init__(self, model, *, graph: bool = True, merge: str = "auto"):
         self.model = model
         self.user_forward = type(model).forward.__get__(model)
-        self.frozen = None
-        self.kind = None        # "freeze" or "optimize_for_inference"
-        self.sample = None      # (per-sample shape, dtype, device) the graph was checked on
-        self.sizes = {}         # batch size -> whether the graph gives the user's output
-        self.joined = {}        # batch size -> whether running inputs together matches alone
-        self.tried = False
-        self._meeting = None    # the _Meeting of the predict_fn calls running together
-        self._pool = None       # their threads, made on the first batch
+        self.want_graph = graph
+        self.merge = merge
+        self.pure = None          # None: not yet proven; False: state or randomness, nothing optimised
+        self.sample = None        # (per-sample shape, dtype, device) the proofs ran on
+        self.frozen = None        # the graph, and its kind ("freeze" / "optimize_for_inference")
+        self.kind = None
+        self.fingerprint = None   # the model's weights and settings when the graph was made
+        self.graph_sizes = {}     # batch size -> whether the graph gives the model's answer
+        self.merge_sizes = {}     # batch size -> whether merged calls give each its own answer
+        self.merge_off = merge == "off"
+        self.pending = []         # (task, args) for after the reply: proofs and rechecks
+        self.merged_once = False
+        self._uses = itertools.count()
+        self._meeting = None      # the _Meeting of the predict_fn calls running together
+        self._pool = None         # their threads, made on the first batch
         self._pool_size = 0
 
     # ------------------------------------------------------------ one call
     def __call__(self, *args, **kwargs):
         meeting = self._meeting
-        if meeting is not None and self._joinable(args, kwargs):
+        if meeting is not None and len(args) == 1 and not kwargs and self._mergeable(args[0]):
             return meeting.wait_for_batch(args[0])
         return self._forward(*args, **kwargs)
 
     def _forward(self, *args, **kwargs):
-        import torch
-
         if not (len(args) == 1 and not kwargs and _eligible(args[0], self.model)):
             return self.user_forward(*args, **kwargs)
         x = args[0]
-        if self.frozen is not None and _sample(x) == self.sample:
-            n = x.shape[0]
-            if self.sizes.get(n):
-                return self.frozen(x)
-            if n not in self.sizes:   # a new batch size: the user's answer, and check the graph on it
-                out = self.user_forward(x)
-                got = _run_quietly(self.frozen, x)
-                self.sizes[n] = _matches(got, out)
-                logger.info("frozen graph %s for batch size %d", "used" if self.sizes[n] else "not used", n)
-                return out
-            return self.user_forward(x)
+        if self.pure is None and not self.pending:
+            out = self.user_forward(x)
+            self._later(self._prove, x.clone(), out.clone() if _is_float(out) else out)
+            return out
+        if self._graph_ready(x):
+            out = self.frozen(x)
+            if self._recheck_due():
+                self._later(self._recheck, [x.clone()], [out.clone()], "frozen graph")
+            return out
         out = self.user_forward(x)
-        if not self.tried:
-            self.tried = True
-            with torch.inference_mode(False), torch.no_grad():
-                self._freeze(x, out)
+        if self.frozen is not None and _sample(x) == self.sample and x.shape[0] not in self.graph_sizes:
+            self._later(self._prove_graph_size, x.clone(), out.clone() if _is_float(out) else out)
         return out
 
-    def _joinable(self, args, kwargs) -> bool:
-        return (self.frozen is not None and len(args) == 1 and not kwargs
-                and _eligible(args[0], self.model) and _sample(args[0]) == self.sample
-                and args[0].shape[0] == 1)
+    def _later(self, task, *args) -> None:
+        """Run ``task(*args)`` after the reply (the arguments are copies made now)."""
+        self.pending.append((task, args))
+
+    def _graph_ready(self, x) -> bool:
+        if self.frozen is None or _sample(x) != self.sample or not self.graph_sizes.get(x.shape[0]):
+            return False
+        if _fingerprint(self.model) != self.fingerprint:
+            self._drop_graph("the model's weights or settings changed since it was frozen")
+            return False
+        return True
+
+    def _mergeable(self, x) -> bool:
+        return (not self.merge_off and self.pure and _eligible(x, self.model) and x.shape[0] == 1
+                and _sample(x) == self.sample)
+
+    # ------------------------------------------------------------ after the reply
+    def after_reply(self) -> None:
+        """The proofs and rechecks that the last batch asked for: run once its answers
+        have gone, so that no client waits for them."""
+        import torch
+
+        while self.pending:
+            task, args = self.pending.pop(0)
+            try:
+                with torch.inference_mode():
+                    task(*args)
+            except Exception:   # a bug of ours must not cost the model its answers
+                logger.exception("model optimisation: a check failed; the model runs as written")
+                self.pure, self.merge_off = False, True
+                self._drop_graph("a check failed")
+
+    def _prove(self, x, expected) -> None:
+        """Purity, then the graph, on a private copy: nothing here touches the served model."""
+        import torch
+
+        if not _is_float(expected):
+            self.pure = False
+            logger.info("model not optimised: its forward returns a %s, not a float tensor",
+                        type(expected).__name__)
+            return
+        private = self._private_copy()
+        if private is None:
+            return
+        again = [_run(private, x), _run(private, x)]
+        if not all(_matches(a, expected) for a in again):
+            self.pure = False
+            logger.warning("model not optimised: the same input gave different answers on two calls "
+                           "(the model keeps state or draws random numbers): its calls are never merged")
+            return
+        self.pure, self.sample = True, _sample(x)
+        logger.info("model is pure: the same input gives the same answer (merged calls: %s)", self.merge)
+        if self.want_graph:
+            with torch.inference_mode(False), torch.no_grad():
+                self._freeze(private, x, expected)
+        del private
+        _release_memory()
+
+    def _private_copy(self):
+        """A deep copy of the model without this wrapper; None (logged) when it cannot be copied."""
+        import torch
+
+        del self.model.forward
+        try:
+            with torch.inference_mode(False):   # its weights stay ordinary tensors, as the model's
+                return copy.deepcopy(self.model).eval()
+        except Exception as exc:
+            self.pure = False
+            logger.info("model not optimised: it cannot be copied to be checked privately (%s: %s)",
+                        type(exc).__name__, exc)
+            return None
+        finally:
+            self.model.forward = self
+
+    def _freeze(self, private, x, expected) -> None:
+        import torch
+
+        inputs = distinct_inputs(x, 4)
+        alone = [_run(private, y) for y in inputs]
+        if any(isinstance(a, BaseException) for a in alone):
+            inputs, alone = [x], [expected]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", torch.jit.TracerWarning)
+                warnings.simplefilter("ignore", FutureWarning)  # DEPRECATION_NOTE, logged below
+                traced = torch.jit.trace(private, x.clone(), check_trace=False)
+                candidates = {
+                    "freeze": torch.jit.freeze(traced.eval()),
+                    "optimize_for_inference": torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval())),
+                }
+        except Exception as exc:  # any failure: the user's forward stays
+            logger.info("frozen graph not used: freezing failed (%s: %s)", type(exc).__name__, exc)
+            return
+        logger.info("%s", DEPRECATION_NOTE)
+        good = {}
+        for kind, graph in candidates.items():
+            if all(_matches(_run(graph, y), a) for y, a in zip(inputs, alone)):
+                good[kind] = graph
+            else:
+                logger.info("frozen graph (%s) not used: on distinct inputs its answers differ from the model's",
+                            kind)
+        del candidates, traced
+        chosen = self._fastest(good, private, x)
+        if chosen is not None:
+            self.kind, self.frozen = chosen
+            self.fingerprint = _fingerprint(self.model)
+            self.graph_sizes = {x.shape[0]: True}
+
+    def _fastest(self, good: dict, private, x):
+        """(kind, graph) of the fastest graph that beats the model by MIN_SPEEDUP; None otherwise."""
+        if not good:
+            return None
+        times = _time({"model": private, **good}, x)
+        kind = min(good, key=times.get)
+        summary = ", ".join(f"{k} {1000 * t:.1f} ms" for k, t in times.items())
+        if times["model"] < MIN_SPEEDUP * times[kind]:
+            logger.info("frozen graph not used: none is %.0f%% faster (%s)", 100 * (MIN_SPEEDUP - 1), summary)
+            return None
+        logger.info("frozen graph used: %s for input %s %s (%s per call)", kind, list(x.shape), x.dtype, summary)
+        return kind, good[kind]
+
+    def _prove_graph_size(self, x, expected) -> None:
+        """A new batch size for the graph: its answer against the model's, on this input and a
+        reordered one (the model is pure: running it again changes nothing)."""
+        if self.frozen is None or x.shape[0] in self.graph_sizes:
+            return
+        n = x.shape[0]
+        flipped = x.flip(0)
+        ok = _matches(_run(self.frozen, x), expected) and \
+            _matches(_run(self.frozen, flipped), _run(self.user_forward, flipped))
+        self.graph_sizes[n] = ok
+        logger.info("frozen graph %s for batch size %d", "used" if ok else "not used", n)
+
+    def _prove_merge(self, inputs: list) -> None:
+        """Merging n calls: their inputs, with distinct companions in place of repeats,
+        batched in two orders; every row must equal that input's answer alone."""
+        import torch
+
+        n = len(inputs)
+        if n in self.merge_sizes or self.merge_off:
+            return
+        rows = _distinct_rows(inputs)
+        alone = [_run(self.user_forward, y) for y in rows]
+        if any(isinstance(a, BaseException) for a in alone):
+            logger.info("merged calls not proven for %d calls: a companion input failed alone", n)
+            return   # not proven: these calls keep running one at a time
+        ok = True
+        for order in (list(range(n)), list(reversed(range(n)))):
+            batch = _run(self.user_forward, torch.cat([rows[i] for i in order]))
+            got = _split_rows(batch, n)
+            ok = ok and got is not None and all(_matches(got[k], alone[i]) for k, i in enumerate(order))
+        self.merge_sizes[n] = ok
+        if ok:
+            logger.info("merged calls proven for %d calls: every row equals its input's answer alone", n)
+            self._prove_graph_size(torch.cat(rows), batch.flip(0) if _is_float(batch) else batch)
+        else:
+            self.merge_off = True
+            logger.warning("model calls not merged: run as one batch of %d distinct inputs its answers differ "
+                           "from each input's answer alone (its samples affect each other)", n)
+
+    def _recheck(self, inputs: list, answers: list, what: str) -> None:
+        alone = [_run(self.user_forward, x) for x in inputs]
+        bad = [i for i, (a, b) in enumerate(zip(answers, alone)) if not _matches(a, b)]
+        if not bad:
+            return
+        diff = max((float((answers[i] - alone[i]).abs().max()) if _same_shape(answers[i], alone[i])
+                    else float("inf")) for i in bad)
+        if what == "frozen graph":
+            self._drop_graph(f"a recheck found an answer that differs from the model's (max abs diff {diff:.3g})")
+        else:
+            self.merge_off = True
+            logger.warning("model calls no longer merged: a recheck found %d of %d merged answers that differ "
+                           "from the answers alone (max abs diff %.3g)", len(bad), len(inputs), diff)
+
+    def _recheck_due(self) -> bool:
+        n = next(self._uses)
+        return n < RECHECK_FIRST or n % RECHECK_EVERY == 0
+
+    def _drop_graph(self, why: str) -> None:
+        if self.frozen is not None:
+            logger.warning("frozen graph dropped for good: %s", why)
+        self.frozen, self.kind, self.graph_sizes = None, None, {}
+        _release_memory()
 
     # ------------------------------------------------------------ together
     def together(self, calls: list) -> None:
-        """Run ``calls`` (each a predict_fn call for one request, which handles
-        its own errors) each in its own thread, their model calls as one batch."""
+        """Run ``calls`` (each a predict_fn call for one request, which handles its own
+        errors): merged where proven, one after another otherwise."""
         import torch
 
-        if self.frozen is None or len(calls) < 2:
+        if self.merge_off or not self.pure or len(calls) < 2:
             for call in calls:
                 call()
             return
@@ -156,106 +348,42 @@ class FrozenForward:
             self._meeting = None
 
     def _run_batch(self, inputs: list) -> list:
-        """One output per input (each with its batch dim of 1), or an exception
-        for that input alone."""
+        """One output per input (each with its batch dim of 1), or an exception for that input alone."""
         import torch
 
         # The worker's thread runs this: the callers were all outside autograd, so run it there too.
         with torch.no_grad():
             n = len(inputs)
-            if n == 1 or self.joined.get(n) is False:
-                return self._one_at_a_time(inputs)
+            if n == 1 or self.merge_off or (self.merge != "on" and not self.merge_sizes.get(n)):
+                if n > 1 and n not in self.merge_sizes:
+                    self._later(self._prove_merge, [x.clone() for x in inputs])
+                return [_outcome(self._forward, x) for x in inputs]
             try:
-                batch = self.frozen(torch.cat(inputs))
+                batch = torch.cat(inputs)
+                out = self._forward(batch)   # the graph once proven for this batch size
             except Exception:
                 logger.info("running %d inputs together failed: one at a time", n, exc_info=True)
-                return self._one_at_a_time(inputs)
-            rows = [batch[i:i + 1].clone() for i in range(n)]
-            if n not in self.joined:   # first time: the answers alone, and check the rows against them
-                alone = self._one_at_a_time(inputs)
-                self.joined[n] = all(not isinstance(a, BaseException) and _matches(r, a)
-                                     for r, a in zip(rows, alone))
-                logger.info("%d inputs run together: %s", n, "rows match the inputs run alone"
-                            if self.joined[n] else "rows differ; one at a time")
-                return alone
+                return [_outcome(self._forward, x) for x in inputs]
+            rows = _split_rows(out, n)
+            if rows is None:
+                self.merge_off = True
+                logger.warning("model calls not merged: a batch of %d gave an output of shape %s", n,
+                               list(getattr(out, "shape", [])))
+                return [_outcome(self._forward, x) for x in inputs]
+            if not self.merged_once:
+                self.merged_once = True
+                logger.info("model calls merged: %d predict_fn calls ran as one batch", n)
+            if self._recheck_due():
+                self._later(self._recheck, [x.clone() for x in inputs], [r.clone() for r in rows], "merged calls")
             return rows
-
-    def _one_at_a_time(self, inputs: list) -> list:
-        return [_outcome(self._forward, x) for x in inputs]
-
-    # ------------------------------------------------------------ freezing
-    def _trace(self, probe):
-        """torch.jit.trace of the model's own forward: this wrapper steps aside
-        while it runs (no other call reaches the model meanwhile: the first
-        call is never part of a batch run together)."""
-        import torch
-
-        del self.model.forward
-        try:
-            return torch.jit.trace(self.model, probe, check_trace=False)
-        finally:
-            self.model.forward = self
-
-    def _freeze(self, x, expected) -> None:
-        import torch
-
-        if not isinstance(expected, torch.Tensor) or not expected.is_floating_point():
-            logger.info("model not optimised: forward returns a %s, not a float tensor",
-                        type(expected).__name__)
-            return
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", torch.jit.TracerWarning)
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-                probe = x.clone()
-                traced = self._trace(probe)
-                candidates = {
-                    "freeze": torch.jit.freeze(traced.eval()),
-                    "optimize_for_inference": torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval())),
-                }
-        except Exception as exc:  # any failure: the user's forward stays
-            logger.info("model not optimised: freezing failed (%s: %s)", type(exc).__name__, exc)
-            return
-        chosen = self._choose(candidates, probe, expected)
-        # The graphs not kept, and the trace, hold copies of the weights: whatever was chosen.
-        del candidates, traced
-        _release_memory()
-        if chosen is not None:
-            self.kind, self.frozen = chosen
-            self.sample, self.sizes = _sample(x), {x.shape[0]: True}
-
-    def _choose(self, candidates: dict, probe, expected):
-        """(kind, graph) of the fastest candidate that gives ``expected`` on ``probe``
-        and beats the user's forward by MIN_SPEEDUP; None otherwise (logged)."""
-        good = {}
-        for kind, graph in candidates.items():
-            if _matches(_run_quietly(graph, probe), expected):
-                good[kind] = graph
-            else:
-                logger.info("frozen graph (%s) not used: its output differs from the model's", kind)
-        if not good:
-            logger.warning("model not optimised: the frozen graphs' outputs differ from the model's")
-            return None
-        times = _time({"model": self.user_forward, **good}, probe)
-        kind = min(good, key=times.get)
-        summary = ", ".join(f"{k} {1000 * t:.1f} ms" for k, t in times.items())
-        if times["model"] < MIN_SPEEDUP * times[kind]:
-            logger.info("model not optimised: no frozen graph is %.0f%% faster (%s)",
-                        100 * (MIN_SPEEDUP - 1), summary)
-            return None
-        logger.info("model optimised: %s for input %s %s (%s per call)", kind, list(probe.shape), probe.dtype,
-                    summary)
-        return kind, good[kind]
 
 
 class _Meeting:
-    """The predict_fn calls of one batch, running in threads: their eligible
-    model calls wait here, and the worker's own thread (the one in
-    FrozenForward.together) runs them as one batch once every call still
-    running waits. So every forward runs on that thread, as without us: one
-    set of torch threads, one malloc arena (run on the callers' threads,
-    EfficientNet-Lite0's container grew 0.5 GiB more). No timeouts: a call that
-    returns, raises or calls the model again is counted at once."""
+    """The predict_fn calls of one batch, running in threads: their eligible model calls
+    wait here, and the worker's own thread (the one in ModelForward.together) runs them
+    as one batch once every call still running waits. So every forward runs on that
+    thread, as without us: one set of torch threads, one malloc arena. No timeouts: a
+    call that returns, raises or calls the model again is counted at once."""
 
     def __init__(self, calls: int, threads: int):
         self.running = calls
@@ -290,8 +418,8 @@ class _Meeting:
         return entry[1]
 
     def host(self, run_batch) -> None:
-        """On the worker's thread: run the waiting model calls as one batch
-        whenever every call still running waits, until all have returned."""
+        """On the worker's thread: run the waiting model calls as one batch whenever every
+        call still running waits, until all have returned."""
         while True:
             with self.cond:
                 while not (self.waiting and len(self.waiting) >= self.running) and self.running:
@@ -309,15 +437,67 @@ class _Meeting:
                 self.cond.notify_all()
 
 
+# ---------------------------------------------------------------- distinct inputs
+def distinct_inputs(x, n: int) -> list:
+    """``x`` and n - 1 companions that differ from it and from each other: reordered and
+    perturbed copies. Float inputs get scaled, shifted and noisy copies too; integer and
+    boolean ones only reordered values, so that they stay valid (token ids, masks)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1234)
+    out = [x]
+    float_input = x.is_floating_point()
+    scale = float(x.abs().mean()) if float_input else 0.0
+    scale = scale if scale > 1e-3 else 1.0
+    k = 0
+    while len(out) < n and k < 4 * n + 8:
+        k += 1
+        if k == 1:
+            y = x.flip(-1)
+        elif k == 2 and x.numel() > 1:
+            y = x.roll(1, -1)
+        elif float_input and k == 3:
+            y = x * 1.5 + 0.25 * scale
+        elif float_input:
+            y = x + 0.5 * scale * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        else:
+            perm = torch.randperm(x.numel(), generator=gen)
+            y = x.reshape(-1)[perm].reshape(x.shape)
+        if not any(torch.equal(y, z) for z in out):
+            out.append(y.contiguous())
+    return out
+
+
+def _distinct_rows(inputs: list) -> list:
+    """The inputs, each repeat replaced by a companion of the first one."""
+    import torch
+
+    rows, companions = [], iter(distinct_inputs(inputs[0], 2 * len(inputs) + 2)[1:])
+    for x in inputs:
+        if any(torch.equal(x, r) for r in rows):
+            x = next((c for c in companions if not any(torch.equal(c, r) for r in rows)), x)
+        rows.append(x)
+    return rows
+
+
+# ---------------------------------------------------------------- helpers
 def _release_memory() -> None:
-    """Collect the graphs not kept (each held its own copy of the weights), and
-    give the freed pages back (glibc keeps them in the heap otherwise: 35 MiB
-    for resnet18, measured)."""
+    """Collect the graphs and copies not kept (each holds its own weights), and give the
+    freed pages back (glibc keeps them in the heap otherwise: 35 MiB for resnet18)."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+def _fingerprint(model) -> tuple:
+    """What the frozen graph copied from the model: every parameter's and buffer's storage
+    and in-place version, and every module's plain settings (a temperature, a flag)."""
+    tensors = tuple((t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
+    settings = tuple((k, v) for m in model.modules() for k, v in vars(m).items()
+                     if isinstance(v, (bool, int, float, str)) and k != "forward")
+    return tensors, settings
 
 
 def _eligible(x, model) -> bool:
@@ -328,35 +508,51 @@ def _eligible(x, model) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
+def _is_float(out) -> bool:
+    import torch
+
+    return isinstance(out, torch.Tensor) and out.is_floating_point()
+
+
 def _sample(x) -> tuple:
     return tuple(x.shape[1:]), x.dtype, x.device
+
+
+def _same_shape(a, b) -> bool:
+    import torch
+
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
 
 
 def _matches(got, expected) -> bool:
     import torch
 
-    return (isinstance(got, torch.Tensor) and isinstance(expected, torch.Tensor)
-            and got.shape == expected.shape and torch.allclose(got, expected, atol=ATOL, rtol=RTOL))
+    return _same_shape(got, expected) and torch.allclose(got, expected, atol=ATOL, rtol=RTOL)
 
 
-def _run_quietly(graph, x):
-    """The graph's output, or None when it fails on this input."""
-    try:
-        return graph(x)
-    except Exception:
+def _split_rows(out, n: int):
+    """A batch's output as n rows of batch size 1; None when it has no such rows."""
+    import torch
+
+    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n:
         return None
+    return [out[i:i + 1].clone() for i in range(n)]
 
 
-def _outcome(fn, x):
+def _run(fn, x):
+    """fn(x), or the exception it raised (kept, compared as a mismatch)."""
     try:
         return fn(x)
     except Exception as exc:
         return exc
 
 
+_outcome = _run
+
+
 def _time(fns: dict, x) -> dict:
-    """Best of TIMING_ROUNDS interleaved calls of each, after one warm-up call
-    (a TorchScript graph optimises itself on its first calls)."""
+    """Best of TIMING_ROUNDS interleaved calls of each, after two warm-up calls (a
+    TorchScript graph optimises itself on its first calls)."""
     for fn in fns.values():
         fn(x)
         fn(x)

@@ -1,47 +1,51 @@
-"""The model's code/requirements.txt: installed at start only when allowed.
+"""The model's code/requirements.txt: installed at start, as SageMaker's PyTorch toolkit does.
 
-Installing packages when an endpoint starts makes start-up slow and depends on
-a package index being reachable from the endpoint, so it is off unless
-BYOC_INSTALL_REQUIREMENTS=true. A `code/wheelhouse/` folder next to it makes the
-install offline (pip --no-index --find-links). Packages go into the server's
-work dir, which the workers get first on their PYTHONPATH.
+On by default (BYOC_INSTALL_REQUIREMENTS=false turns it off, for an image that already holds
+the packages or an endpoint with no route to a package index). A `code/wheelhouse/` folder next
+to it makes the install offline (pip --no-index --find-links). Packages go into a folder of the
+server's work dir, which the workers get first on their PYTHONPATH (the server runs as an
+unprivileged user: the image's own site-packages stay read-only). A failed install stops the
+container with pip's reason.
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 
 from byoc import artifact
 
+logger = logging.getLogger(__name__)
+
 ALLOW_VAR = "BYOC_INSTALL_REQUIREMENTS"
 
 
 class RequirementsError(Exception):
-    """The model's requirements cannot be (or may not be) installed."""
+    """The model's requirements cannot be installed."""
 
 
-def install(model_dir: str, workdir: str, allowed: bool) -> str | None:
-    """Install code/requirements.txt; return the folder for PYTHONPATH, or None without one.
+def install(model_dir: str, target: str, allowed: bool) -> str | None:
+    """Install <model_dir>/code/requirements.txt into ``target``; return ``target`` for
+    PYTHONPATH, or None when there is nothing to install (or installing is off).
     ``allowed``: ServeConfig.install_requirements (BYOC_INSTALL_REQUIREMENTS)."""
     code = artifact.code_dir(model_dir)
     requirements = os.path.join(code, "requirements.txt")
     if not os.path.isfile(requirements):
         return None
     if not allowed:
-        raise RequirementsError(
-            f"the model has code/requirements.txt and installing packages at start is off: "
-            f"set {ALLOW_VAR}=true to allow it (add code/wheelhouse/ to install offline), "
-            f"or build an image FROM this one with the packages in it"
-        )
-    target = os.path.join(workdir, "site-packages")
+        logger.info("code/requirements.txt not installed: %s=false", ALLOW_VAR)
+        return None
     command = [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
-               "--target", target, "-r", requirements]
+               "--no-warn-script-location", "--target", target, "-r", requirements]
     wheelhouse = os.path.join(code, "wheelhouse")
     if os.path.isdir(wheelhouse):
         command += ["--no-index", "--find-links", wheelhouse]
+    logger.info("installing code/requirements.txt%s", " from code/wheelhouse" if os.path.isdir(wheelhouse) else "")
     result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
-        reason = [line for line in result.stderr.splitlines() if line.strip()][-3:]
-        raise RequirementsError("pip install -r code/requirements.txt failed: " + " | ".join(reason))
+        reason = [line.strip() for line in result.stderr.splitlines() if line.strip()][-3:]
+        raise RequirementsError(
+            "pip install -r code/requirements.txt failed: " + " | ".join(reason or ["(no message)"])
+            + f" (add code/wheelhouse/ to install offline, or set {ALLOW_VAR}=false when the image has them)")
     return target

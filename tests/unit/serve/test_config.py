@@ -132,7 +132,7 @@ def test_worker_settings_round_trip_through_the_environment():
     assert (c.worker.gpu_decode, c.worker.serve_amp) == ("off", "fp16")
 
 
-@pytest.mark.parametrize("value,expected", [("", False), ("true", True), ("1", True), ("no", False)])
+@pytest.mark.parametrize("value,expected", [("", True), ("true", True), ("1", True), ("no", False), ("false", False)])
 def test_install_requirements(value, expected):
     assert cfg(BYOC_INSTALL_REQUIREMENTS=value).install_requirements is expected
 

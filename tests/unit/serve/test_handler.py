@@ -393,7 +393,8 @@ def test_a_batch_of_user_predict_fn_calls_runs_its_model_calls_together(model_di
     config.worker_settings.cache_clear()
     served = service_for(model_dir)
     photo = {"Content-Type": "image/jpeg"}
-    run_batch(served, model_dir, [(jpeg_bytes, photo)])  # the first input freezes the model
+    run_batch(served, model_dir, [(jpeg_bytes, photo)])  # answered by the model; proven after the reply
+    served.after_reply()
     assert served.forward.frozen is not None
     batches = []
     graph = served.forward.frozen
@@ -404,7 +405,7 @@ def test_a_batch_of_user_predict_fn_calls_runs_its_model_calls_together(model_di
     requests = [(jpeg_bytes, photo), (buf.getvalue(), photo), (b"[[1.0, 2.0]]", {"Content-Type": "application/json"}),
                 (jpeg_bytes, photo)]
     want = run_batch(plain, model_dir, requests)
-    for _ in range(2):   # the first time checks the batch against the inputs alone; then one forward
+    for _ in range(2):   # the first time one at a time (proven after the reply); then merged
         got = run_batch(served, model_dir, requests)
         assert [code for code, _, _ in got] == [code for code, _, _ in want] == [200, 200, 400, 200]
         for (_, _, g), (_, _, w) in zip(got, want):
@@ -414,4 +415,6 @@ def test_a_batch_of_user_predict_fn_calls_runs_its_model_calls_together(model_di
             else:
                 assert [p["class"] for p in g] == [p["class"] for p in w]
                 assert np.allclose([p["probability"] for p in g], [p["probability"] for p in w], atol=1e-4)
-    assert batches.count(3) == 2   # the three photos: once checked, once run together
+    batches.clear()
+    run_batch(served, model_dir, requests)
+    assert batches == [3]   # the three photos' model calls: one forward

@@ -1,5 +1,7 @@
-"""serve/optimize.py: a frozen forward only where it gives the model's own outputs."""
+"""serve/optimize.py: a frozen graph and merged model calls only where proven, on distinct
+inputs, to give the model's own answers, and checked again on live traffic."""
 import copy
+import logging
 import threading
 import time
 
@@ -16,41 +18,98 @@ def serve_like(model, x):
         return model(x)
 
 
+def replied(model):
+    """The worker has sent the batch's answers: the proofs and rechecks run now."""
+    model.forward.after_reply()
+    return model
+
+
+def close(a, b):
+    return torch.allclose(a, b, atol=optimize.ATOL, rtol=optimize.RTOL)
+
+
 @pytest.fixture
 def resnet18():
     torch.manual_seed(0)
     return torchvision.models.resnet18(num_classes=10).eval()
 
 
-def test_resnet18_frozen_gives_the_same_logits_and_top1(resnet18):
+def force_choice(monkeypatch, fastest):
+    """The timing on the first input decides which graph is kept: fix its outcome
+    (the tests check what follows from the choice, not this machine's speed)."""
+    def fake_time(fns, x):
+        return {name: (1.0 if name == fastest else 2.0) for name in fns}
+    monkeypatch.setattr(optimize, "_time", fake_time)
+
+
+def frozen_on(model, monkeypatch, kind, first, **options):
+    """``model`` optimised, its graph (``kind``) proven after the first input ``first``."""
+    force_choice(monkeypatch, kind)
+    optimize.optimize(model, **options)
+    serve_like(model, first)
+    return replied(model)
+
+
+# ---------------------------------------------------------------- the frozen graph
+def test_resnet18_first_answer_is_the_models_own_then_the_graph_gives_the_same(resnet18):
     untouched = copy.deepcopy(resnet18)
     assert optimize.optimize(resnet18)
     inputs = torch.randn(4, 1, 3, 64, 64)
     first = serve_like(resnet18, inputs[0])
-    assert torch.equal(first, serve_like(untouched, inputs[0]))  # the first call is the user's own
-    assert resnet18.forward.frozen is not None
+    assert torch.equal(first, serve_like(untouched, inputs[0]))
+    assert resnet18.forward.frozen is None   # nothing is proven before the answer has gone
+    replied(resnet18)
+    assert resnet18.forward.pure
     for x in inputs[1:]:
         got, want = serve_like(resnet18, x), serve_like(untouched, x)
-        assert torch.allclose(got, want, atol=optimize.ATOL, rtol=optimize.RTOL)
-        assert torch.equal(got.argmax(1), want.argmax(1))
+        assert close(got, want) and torch.equal(got.argmax(1), want.argmax(1))
 
 
-def test_frozen_graph_runs_only_for_the_shape_it_was_checked_on(resnet18, monkeypatch):
-    assert optimize.optimize(resnet18)
-    serve_like(resnet18, torch.randn(1, 3, 64, 64))
+def test_the_proofs_never_call_the_served_model():
+    class Counted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 2)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.linear(x)
+
+    torch.manual_seed(0)
+    model = Counted().eval()
+    optimize.optimize(model)
+    serve_like(model, torch.randn(1, 4))
+    replied(model)
+    assert model.forward.pure and model.calls == 1   # the copy ran the proofs
+
+
+def test_the_graph_runs_only_for_the_shape_it_was_proven_on(resnet18, monkeypatch):
+    frozen_on(resnet18, monkeypatch, "freeze", torch.randn(1, 3, 64, 64))
     calls = []
     user_forward = resnet18.forward.user_forward
     monkeypatch.setattr(resnet18.forward, "user_forward", lambda *a: calls.append(1) or user_forward(*a))
     serve_like(resnet18, torch.randn(1, 3, 64, 64))
     assert calls == []  # the frozen graph
     serve_like(resnet18, torch.randn(2, 3, 64, 64))
-    assert len(calls) == 1  # a new shape: the user's forward
+    assert len(calls) == 1  # a new batch size: the user's forward, proven after the reply
     with pytest.raises(RuntimeError):  # torch's own error for a double input to this float model
         serve_like(resnet18, torch.randn(1, 3, 64, 64).double())
-    assert len(calls) == 2  # a new dtype: the user's forward
+    assert len(calls) == 2
     with torch.enable_grad():
         out = resnet18(torch.randn(1, 3, 64, 64))
     assert out.requires_grad and len(calls) == 3  # autograd on: the user's forward
+
+
+def test_a_new_batch_size_is_proven_after_the_reply(resnet18, monkeypatch):
+    frozen_on(resnet18, monkeypatch, "optimize_for_inference", torch.randn(1, 3, 64, 64))
+    untouched = copy.deepcopy(resnet18)
+    del untouched.forward
+    batch = torch.randn(3, 3, 64, 64)
+    assert torch.equal(serve_like(resnet18, batch), serve_like(untouched, batch))  # the user's answer
+    replied(resnet18)
+    assert resnet18.forward.graph_sizes[3] is True
+    assert close(serve_like(resnet18, batch), serve_like(untouched, batch))
 
 
 class Branchy(torch.nn.Module):
@@ -74,6 +133,7 @@ def test_a_model_it_cannot_freeze_safely_is_served_unchanged():
     pos, neg = torch.ones(1, 4), -torch.ones(1, 4)
     for x in (pos, neg, pos, neg):
         assert torch.equal(serve_like(model, x), serve_like(untouched, x))
+        replied(model)
     assert model.forward.frozen is None
 
 
@@ -82,6 +142,7 @@ def test_non_modules_and_script_modules_are_left_alone(resnet18):
     assert not optimize.optimize({"model": resnet18})
     scripted = torch.jit.script(torch.nn.Linear(2, 2))
     assert not optimize.optimize(scripted)
+    assert not optimize.optimize(resnet18, graph=False, merge="off")
 
 
 def test_a_model_returning_a_dict_is_served_unchanged():
@@ -97,93 +158,107 @@ def test_a_model_returning_a_dict_is_served_unchanged():
     assert optimize.optimize(model)
     x = torch.randn(1, 4)
     assert torch.equal(serve_like(model, x)["logits"], model.linear(x).detach())
-    assert model.forward.frozen is None
-
-
-def force_choice(monkeypatch, fastest):
-    """The timing on the first input decides which graph is kept: fix its outcome
-    (the tests check what follows from the choice, not this machine's speed)."""
-    def fake_time(fns, x):
-        return {name: (1.0 if name == fastest else 2.0) for name in fns}
-    monkeypatch.setattr(optimize, "_time", fake_time)
-
-
-def frozen_on(model, monkeypatch, kind, first):
-    """``model`` optimised, its graph (``kind``) frozen on the first input ``first``."""
-    force_choice(monkeypatch, kind)
-    optimize.optimize(model)
-    serve_like(model, first)
-    return model
+    replied(model)
+    assert model.forward.frozen is None and model.forward.pure is False
 
 
 @pytest.mark.parametrize("fastest", ["freeze", "optimize_for_inference"])
 def test_the_fastest_graph_that_matches_is_kept(resnet18, monkeypatch, fastest):
-    force_choice(monkeypatch, fastest)
-    optimize.optimize(resnet18)
-    serve_like(resnet18, torch.randn(1, 3, 64, 64))
+    frozen_on(resnet18, monkeypatch, fastest, torch.randn(1, 3, 64, 64))
     assert resnet18.forward.kind == fastest and resnet18.forward.frozen is not None
 
 
 def test_no_graph_is_kept_when_the_users_forward_is_as_fast(resnet18, monkeypatch):
-    force_choice(monkeypatch, "model")
-    optimize.optimize(resnet18)
-    serve_like(resnet18, torch.randn(1, 3, 64, 64))
-    assert resnet18.forward.frozen is None
+    frozen_on(resnet18, monkeypatch, "model", torch.randn(1, 3, 64, 64))
+    assert resnet18.forward.frozen is None and resnet18.forward.pure
 
 
-class FixedBatch(torch.nn.Module):
-    """A forward that bakes in batch size 1 (``view(1, -1)``): tracing cannot tell."""
+class Stateful(torch.nn.Module):
+    """Its answer counts its calls: a second call with the same input answers otherwise."""
 
     def __init__(self):
         super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.linear = torch.nn.Linear(4, 2)
+        self.calls = 0
 
     def forward(self, x):
-        return self.conv(x).view(1, -1)
+        self.calls += 1
+        return self.linear(x) + self.calls
 
 
-class Centred(torch.nn.Module):
-    """Samples affect each other: each input is centred on the batch mean."""
-
+class Noisy(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.linear = torch.nn.Linear(6, 3)
+        self.linear = torch.nn.Linear(4, 2)
 
     def forward(self, x):
-        return self.linear(x - x.mean(0, keepdim=True) + x)
+        return self.linear(x) + torch.randn(x.shape[0], 2)
 
 
-def test_a_new_batch_size_gets_the_users_answer_and_the_graph_only_if_it_matches(resnet18, monkeypatch):
-    force_choice(monkeypatch, "optimize_for_inference")
-    optimize.optimize(resnet18)
-    untouched = copy.deepcopy(resnet18)
-    del untouched.forward
-    serve_like(resnet18, torch.randn(1, 3, 64, 64))
-    batch = torch.randn(3, 3, 64, 64)
-    assert torch.equal(serve_like(resnet18, batch), serve_like(untouched, batch))  # first batch of 3: the user's
-    assert resnet18.forward.sizes[3] is True
-    assert torch.allclose(serve_like(resnet18, batch), serve_like(untouched, batch), atol=optimize.ATOL,
-                          rtol=optimize.RTOL)
-
-
-
-def test_a_graph_that_fixed_the_batch_size_keeps_running_inputs_alone(monkeypatch):
-    force_choice(monkeypatch, "freeze")
+@pytest.mark.parametrize("cls", [Stateful, Noisy])
+def test_a_model_with_state_or_randomness_is_never_optimised(cls, caplog):
     torch.manual_seed(0)
-    fixed = FixedBatch().eval()
-    optimize.optimize(fixed)
-    inputs = [torch.randn(1, 3, 8, 8) for _ in range(2)]
-    alone = [serve_like(fixed, x) for x in inputs]
-    assert fixed.forward.frozen is not None
-    for _ in range(2):
-        got = run_together(fixed, inputs)
-        assert fixed.forward.joined[2] is False
-        assert all(g.shape == (1, 4 * 6 * 6) and torch.allclose(g, a) for g, a in zip(got, alone))
+    model = cls().eval()
+    optimize.optimize(model)
+    with caplog.at_level(logging.WARNING, logger="serve.optimize"):
+        serve_like(model, torch.randn(1, 4))
+        replied(model)
+    assert model.forward.pure is False and model.forward.frozen is None
+    assert "the same input gave different answers" in caplog.text
+    if cls is Stateful:
+        assert model.calls == 1   # the checks ran on a copy: the served model's count is its own
+        inputs = [torch.randn(1, 4) for _ in range(4)]
+        got = run_together(model, inputs)
+        assert sorted(float(g[0, 0] - model.linear(x)[0, 0].detach()) for g, x in zip(got, inputs)) == \
+            pytest.approx([2, 3, 4, 5])   # one call each, one after another: never merged
 
 
-def run_together(model, inputs, predict=None):
-    """Each input through ``predict`` in the forward's threads, as the handler
-    runs a batch's predict_fn calls; their results (or exceptions) in order."""
+def test_weights_changed_in_place_drop_the_graph(monkeypatch, caplog):
+    torch.manual_seed(0)
+    model = frozen_on(torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval(),
+                      monkeypatch, "freeze", torch.randn(1, 6))
+    assert model.forward.frozen is not None
+    with torch.no_grad():
+        model[2].weight.mul_(2)      # what a predict_fn that updates the model does
+    x = torch.randn(1, 6)
+    with caplog.at_level(logging.WARNING, logger="serve.optimize"):
+        got = serve_like(model, x)
+    assert torch.equal(got, model.forward.user_forward(x).detach())
+    assert model.forward.frozen is None and "weights or settings changed" in caplog.text
+
+
+def test_a_setting_changed_on_the_model_drops_the_graph(monkeypatch):
+    class Tempered(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 2)
+            self.temperature = 1.0
+
+        def forward(self, x):
+            return self.linear(x) / self.temperature
+
+    torch.manual_seed(0)
+    model = frozen_on(Tempered().eval(), monkeypatch, "freeze", torch.randn(1, 4))
+    assert model.forward.frozen is not None
+    model.temperature = 4.0
+    x = torch.randn(1, 4)
+    assert torch.equal(serve_like(model, x), (model.linear(x) / 4.0).detach())
+
+
+def test_the_graph_is_rechecked_and_dropped_when_it_drifts(resnet18, monkeypatch, caplog):
+    frozen_on(resnet18, monkeypatch, "freeze", torch.randn(1, 3, 64, 64))
+    graph = resnet18.forward.frozen
+    resnet18.forward.frozen = lambda x: graph(x) + 1   # a graph that no longer matches
+    with caplog.at_level(logging.WARNING, logger="serve.optimize"):
+        serve_like(resnet18, torch.randn(1, 3, 64, 64))
+        replied(resnet18)
+    assert resnet18.forward.frozen is None and "recheck" in caplog.text
+
+
+# ---------------------------------------------------------------- merged calls
+def run_together(model, inputs, predict=None, replies=True):
+    """Each input through ``predict`` in the forward's threads, as the handler runs a
+    batch's predict_fn calls; their results (or exceptions) in order; then the reply."""
     predict = predict or (lambda x: model(x))
     results = [None] * len(inputs)
 
@@ -201,10 +276,69 @@ def run_together(model, inputs, predict=None):
                                               done.set()), daemon=True, name="worker")
     worker.start()
     assert done.wait(60), "the calls running together did not all finish"
+    if replies:
+        replied(model)
     return results
 
 
-def test_calls_run_together_give_each_its_own_answer(resnet18, monkeypatch):
+class BatchMax(torch.nn.Module):
+    """Scales its logits by the largest magnitude in the batch it is called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        out = self.linear(x)
+        return out / out.abs().max()
+
+
+class Centred(torch.nn.Module):
+    """Samples affect each other: each input is centred on the batch mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.linear(x - x.mean(0, keepdim=True) + x)
+
+
+class FixedBatch(torch.nn.Module):
+    """A forward that bakes in batch size 1 (``view(1, -1)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x).view(1, -1)
+
+
+@pytest.mark.parametrize("cls,shape", [(BatchMax, (1, 6)), (Centred, (1, 6)), (FixedBatch, (1, 3, 8, 8))])
+@pytest.mark.parametrize("same_payload_first", [True, False])
+def test_a_model_whose_samples_interact_never_merges(cls, shape, same_payload_first, caplog):
+    """Equal inputs prove nothing: a first batch of the same payload (warm-ups, health
+    probes) must not let a batch-dependent model merge later calls."""
+    torch.manual_seed(0)
+    model = cls().eval()
+    optimize.optimize(model)
+    untouched = copy.deepcopy(model)
+    serve_like(model, torch.randn(*shape))
+    replied(model)
+    warm = torch.randn(*shape)
+    with caplog.at_level(logging.WARNING, logger="serve.optimize"):
+        if same_payload_first:
+            assert all(torch.equal(g, serve_like(untouched, warm)) for g in run_together(model, [warm] * 4))
+        for _ in range(3):
+            inputs = [torch.randn(*shape) for _ in range(4)]
+            got = run_together(model, inputs)
+            assert all(close(g, serve_like(untouched, x)) for g, x in zip(got, inputs))
+    assert model.forward.merge_off and not model.forward.merged_once
+    assert "model calls not merged" in caplog.text
+
+
+def test_calls_run_together_give_each_its_own_answer(resnet18, monkeypatch, caplog):
     frozen_on(resnet18, monkeypatch, "optimize_for_inference", torch.randn(1, 3, 64, 64))
     forward = resnet18.forward
     batches = []
@@ -214,29 +348,71 @@ def test_calls_run_together_give_each_its_own_answer(resnet18, monkeypatch):
     alone = [serve_like(resnet18, x) for x in inputs]
     batches.clear()
 
-    first = run_together(resnet18, inputs)
-    assert all(torch.equal(a, b) for a, b in zip(first, alone))  # first time: the answers alone
-    assert forward.joined[4] is True
+    first = run_together(resnet18, inputs)   # first time: one at a time, proven after the reply
+    assert all(torch.equal(a, b) for a, b in zip(first, alone))
+    assert forward.merge_sizes[4] is True
     batches.clear()
-    again = run_together(resnet18, inputs)
+    with caplog.at_level(logging.INFO, logger="serve.optimize"):
+        again = run_together(resnet18, inputs, replies=False)
     assert batches == [4]  # one forward for the four calls
+    assert "model calls merged" in caplog.text
     for got, want in zip(again, alone):
-        assert got.shape == (1, 10)
-        assert torch.allclose(got, want, atol=optimize.ATOL, rtol=optimize.RTOL)
-        assert torch.equal(got.argmax(1), want.argmax(1))
+        assert got.shape == (1, 10) and close(got, want) and torch.equal(got.argmax(1), want.argmax(1))
 
 
-def test_a_model_whose_samples_interact_keeps_running_them_alone(monkeypatch):
-    force_choice(monkeypatch, "freeze")
+def test_merging_is_proven_on_distinct_inputs_even_when_the_batch_repeats_one(resnet18, monkeypatch):
+    frozen_on(resnet18, monkeypatch, "freeze", torch.randn(1, 3, 64, 64))
+    proofs = []
+    user_forward = resnet18.forward.user_forward
+    monkeypatch.setattr(resnet18.forward, "user_forward", lambda x: proofs.append(x.clone()) or user_forward(x))
+    run_together(resnet18, [torch.ones(1, 3, 64, 64)] * 3)
+    batches = [x for x in proofs if x.shape[0] == 3]
+    assert batches and all(len({tuple(row.flatten()[:50].tolist()) for row in b}) == 3 for b in batches)
+
+
+def test_a_recheck_that_finds_a_changed_answer_stops_merging_for_good(caplog):
+    class Switch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(6, 3)
+            self.by_batch = False   # flips after the proof: only a live recheck can see it
+
+        def forward(self, x):
+            out = self.linear(x)
+            return out / out.abs().max() if self.by_batch else out
+
     torch.manual_seed(0)
-    model = Centred().eval()
-    optimize.optimize(model)
+    model = Switch().eval()
+    optimize.optimize(model, graph=False)
+    serve_like(model, torch.randn(1, 6))
+    replied(model)
     inputs = [torch.randn(1, 6) for _ in range(3)]
-    alone = [serve_like(model, x) for x in inputs]
-    for _ in range(2):
-        got = run_together(model, inputs)
-        assert model.forward.joined[3] is False
-        assert all(torch.allclose(a, b, atol=optimize.ATOL, rtol=optimize.RTOL) for a, b in zip(got, alone))
+    run_together(model, inputs)
+    assert model.forward.merge_sizes[3]
+    model.by_batch = True
+    with caplog.at_level(logging.WARNING, logger="serve.optimize"):
+        run_together(model, inputs)   # merged (the first merged batches are all rechecked)
+    assert model.forward.merge_off and "no longer merged" in caplog.text
+    got = run_together(model, inputs)
+    assert all(torch.equal(g, model.forward.user_forward(x).detach()) for g, x in zip(got, inputs))
+
+
+def test_merge_off_runs_the_calls_one_after_another_on_the_workers_thread(resnet18, monkeypatch):
+    frozen_on(resnet18, monkeypatch, "freeze", torch.randn(1, 3, 64, 64), merge="off")
+    threads = set()
+    run_together(resnet18, [torch.randn(1, 3, 64, 64) for _ in range(3)],
+                 lambda x: threads.add(threading.current_thread().name) or resnet18(x))
+    assert threads == {"worker"} and not resnet18.forward.merged_once
+
+
+def test_merge_on_merges_without_the_proof(monkeypatch):
+    torch.manual_seed(0)
+    model = frozen_on(Centred().eval(), monkeypatch, "freeze", torch.randn(1, 6), merge="on")
+    inputs = [torch.randn(1, 6) for _ in range(3)]
+    run_together(model, inputs, replies=False)
+    assert model.forward.merged_once   # the user vouched; the live recheck still watches
+    replied(model)
+    assert model.forward.merge_off
 
 
 def test_calls_that_fail_wander_or_call_twice_do_not_hold_up_the_others(resnet18, monkeypatch):
@@ -257,19 +433,20 @@ def test_calls_that_fail_wander_or_call_twice_do_not_hold_up_the_others(resnet18
             return resnet18(x[:, :, :32, :32])  # another shape: runs alone
         return resnet18(x)
 
-    for _ in range(2):
+    for _ in range(3):
         got = run_together(resnet18, inputs, predict)
         assert isinstance(got[0], ValueError) and got[1] == "no model call"
         assert got[2].shape == (2, 10) and got[4].shape == (1, 10)
         want3 = serve_like(resnet18, inputs[3]) + serve_like(resnet18, torch.flip(inputs[3], dims=[3]))
         assert torch.allclose(got[3], want3, atol=2 * optimize.ATOL, rtol=optimize.RTOL)
-        assert torch.allclose(got[5], serve_like(resnet18, inputs[5]), atol=optimize.ATOL, rtol=optimize.RTOL)
+        assert close(got[5], serve_like(resnet18, inputs[5]))
 
 
 def test_an_input_the_model_rejects_fails_alone_when_run_together(monkeypatch):
     torch.manual_seed(0)
     model = frozen_on(torch.nn.Sequential(torch.nn.Linear(6, 3)).eval(), monkeypatch, "freeze", torch.randn(1, 6))
     good = [torch.randn(1, 6) for _ in range(3)]
+    run_together(model, good)   # proves 3
     got = run_together(model, good[:2] + [torch.randn(1, 6).double()] + good[2:])
     assert isinstance(got[2], RuntimeError)  # torch's dtype error, for that input only
     assert all(isinstance(g, torch.Tensor) and g.shape == (1, 3) for i, g in enumerate(got) if i != 2)
@@ -285,10 +462,20 @@ def test_the_batch_runs_on_the_workers_thread_outside_autograd(resnet18, monkeyp
             raise ValueError("late failure")
         return resnet18(x)
 
+    run_together(resnet18, inputs[:2])   # proves 2
     graph, threads = resnet18.forward.frozen, set()
     resnet18.forward.frozen = lambda x: threads.add(threading.current_thread().name) or graph(x)
     for _ in range(2):   # run_together's thread, like a worker's, has autograd on
-        got = run_together(resnet18, inputs, predict)
+        got = run_together(resnet18, inputs, predict, replies=False)
         assert isinstance(got[2], ValueError)
         assert not got[0].requires_grad and not got[1].requires_grad
     assert threads == {"worker"}
+
+
+def test_distinct_inputs_differ_and_integer_ones_keep_their_values():
+    x = torch.zeros(1, 8)
+    made = optimize.distinct_inputs(x, 5)
+    assert len(made) == 5 and all(not torch.equal(a, b) for i, a in enumerate(made) for b in made[i + 1:])
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    for y in optimize.distinct_inputs(ids, 4):
+        assert y.dtype == ids.dtype and sorted(y.flatten().tolist()) == sorted(ids.flatten().tolist())

@@ -1,4 +1,4 @@
-"""code/requirements.txt: refused unless allowed; installed offline from code/wheelhouse."""
+"""code/requirements.txt: installed at start unless turned off; offline from code/wheelhouse."""
 import base64
 import hashlib
 import subprocess
@@ -41,16 +41,20 @@ def test_no_requirements_installs_nothing(tmp_path):
     assert requirements.install(str(tmp_path / "model"), str(tmp_path / "work"), False) is None
 
 
-def test_requirements_are_refused_unless_allowed(tmp_path):
-    model = model_with_requirements(tmp_path, "byoc_extra==0.1\n")
-    with pytest.raises(requirements.RequirementsError, match="BYOC_INSTALL_REQUIREMENTS=true"):
-        requirements.install(str(model), str(tmp_path / "work"), False)
-
-
-def test_allowed_requirements_install_offline_from_the_wheelhouse(tmp_path):
+def test_turned_off_the_requirements_are_left_alone(tmp_path, caplog):
     model = model_with_requirements(tmp_path, "byoc_extra==0.1\n")
     write_wheel(model / "code" / "wheelhouse")
-    site = requirements.install(str(model), str(tmp_path / "work"), True)
+    with caplog.at_level("INFO"):
+        assert requirements.install(str(model), str(tmp_path / "site"), False) is None
+    assert not (tmp_path / "site").exists()
+    assert "BYOC_INSTALL_REQUIREMENTS=false" in caplog.text
+
+
+def test_requirements_install_offline_from_the_wheelhouse(tmp_path):
+    model = model_with_requirements(tmp_path, "byoc_extra==0.1\n")
+    write_wheel(model / "code" / "wheelhouse")
+    site = requirements.install(str(model), str(tmp_path / "site"), True)
+    assert site == str(tmp_path / "site")
     probe = subprocess.run([sys.executable, "-c", "import byoc_extra; print(byoc_extra.ANSWER)"],
                            env={"PYTHONPATH": site}, capture_output=True, text=True)
     assert probe.stdout.strip() == "42", probe.stderr
@@ -59,5 +63,6 @@ def test_allowed_requirements_install_offline_from_the_wheelhouse(tmp_path):
 def test_a_failing_install_says_why(tmp_path):
     model = model_with_requirements(tmp_path, "not_in_the_wheelhouse==9.9\n")
     write_wheel(model / "code" / "wheelhouse")
-    with pytest.raises(requirements.RequirementsError, match="not_in_the_wheelhouse"):
-        requirements.install(str(model), str(tmp_path / "work"), True)
+    with pytest.raises(requirements.RequirementsError, match="not_in_the_wheelhouse") as failed:
+        requirements.install(str(model), str(tmp_path / "site"), True)
+    assert "pip install -r code/requirements.txt failed" in str(failed.value)
