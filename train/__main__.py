@@ -65,7 +65,10 @@ Without a program, the built-in trainer runs: python -m train.classify <args>
 (see `python -m train.classify --help` for its hyperparameters).
 
 Every program gets the SM_* variables that sagemaker-training sets (with shell-safe
-names: batch-size -> SM_HP_BATCH_SIZE) plus SM_CHECKPOINT_DIR. SIGTERM/SIGINT are relayed
+names: batch-size -> SM_HP_BATCH_SIZE) plus SM_CHECKPOINT_DIR, and, as AWS's PyTorch
+containers set them, MASTER_ADDR (the first host; 127.0.0.1 for one host whose name does
+not resolve) and MASTER_PORT=7777 for init_process_group's env:// (values set in the
+container's environment win; torchrun sets its own for its ranks). SIGTERM/SIGINT are relayed
 to all processes. On failure /opt/ml/output/failure starts with the reason.
 The hosts of a multi-host job end together: a host whose work is done waits until
 every host's is (SageMaker waits for all hosts; local mode would stop the rest).

@@ -1,8 +1,13 @@
 """Launchers: which launcher runs the training program on this host, and its command line.
 
-Pure: lists of strings from plain values, so each launcher's command line is unit-tested.
-Running the command is train.relay's job; the hosts meeting on the job's sync port is
-train.rendezvous's (MPI) and train.finish_line's (the end of every multi-host job).
+Pure: lists of strings from plain values, so each launcher's command line is unit-tested
+(the one name lookup, master_address_env's, is passed in). Running the command is train.relay's
+job; the hosts meeting on the job's sync port is train.rendezvous's (MPI) and
+train.finish_line's (the end of every multi-host job).
+
+LaunchPlan.env is the environment every program of the job gets on top of the SM_* variables,
+where the user's own settings (e.g. the estimator's environment=) win: MASTER_ADDR/MASTER_PORT
+for every launcher (master_address_env), the socket interface for torchrun across hosts.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 
+from train import netif
 from train.contract import BUILTIN_TRAINER_MODULE, Contract
 
 SMDDP_NOTICE = (
@@ -19,6 +25,8 @@ SMDDP_NOTICE = (
     "over NCCL (gloo on CPU) instead. Initialise with torch.distributed.init_process_group()."
 )
 SSHD = "/usr/sbin/sshd"
+MASTER_PORT = "7777"  # what AWS's PyTorch training containers export for every job
+LOOPBACK = "127.0.0.1"
 
 
 # -- what one rank runs -------------------------------------------------------------
@@ -155,6 +163,22 @@ def socket_interface_env(contract: Contract) -> dict:
     }
 
 
+def master_address_env(contract: Contract, resolves=netif.resolves) -> dict:
+    """MASTER_ADDR (the first host) and MASTER_PORT (7777), as AWS's PyTorch training container
+    sets them for every job: a script that calls init_process_group(backend, rank=...,
+    world_size=...) with the default env:// reads both. torchrun overwrites them for its ranks
+    with its own rendezvous; mpirun exports them to every rank.
+
+    One exception: a one-host job whose host name does not resolve here (a plain `docker run`
+    without --hostname: no algo-1) gets 127.0.0.1, the same machine. With an unresolvable name,
+    rank 0's TCPStore retries until init_process_group's timeout (30 min by default).
+    """
+    address = contract.leader_host
+    if len(contract.hosts) == 1 and not resolves(address):
+        address = LOOPBACK
+    return {"MASTER_ADDR": address, "MASTER_PORT": MASTER_PORT}
+
+
 # -- the plan for this host ------------------------------------------------------------------
 
 
@@ -164,17 +188,20 @@ class LaunchPlan:
 
     launcher: str  # "process", "torchrun", "mpi" or "mpi-worker"
     command: list
-    env: dict  # variables to add to the child's environment
+    env: dict  # variables to add to the child's environment (the user's own values win)
     notices: list = field(default_factory=list)  # messages for the log
 
 
-def plan_launch(contract: Contract, sm_env: dict, python: str = sys.executable) -> LaunchPlan:
+def plan_launch(
+    contract: Contract, sm_env: dict, python: str = sys.executable, resolves=netif.resolves
+) -> LaunchPlan:
     """Pick the launcher from the contract's distribution and build its command."""
     entry = entry_point_for(contract)
     distribution = contract.distribution
     notices = [SMDDP_NOTICE] if distribution.smddp_requested else []
     multi_host = len(contract.hosts) > 1
     interface_env = socket_interface_env(contract) if multi_host else {}
+    master_env = master_address_env(contract, resolves)
 
     if distribution.launcher == "torchrun":
         command = torchrun_command(
@@ -185,23 +212,26 @@ def plan_launch(contract: Contract, sm_env: dict, python: str = sys.executable) 
             contract.settings.torchrun_port,
             python,
         )
-        return LaunchPlan("torchrun", command, interface_env, notices)
+        return LaunchPlan("torchrun", command, {**master_env, **interface_env}, notices)
     if distribution.launcher == "mpi":
         if not contract.is_leader:
+            # sshd only: the ranks on this host get the leader's variables through mpirun -x
             return LaunchPlan("mpi-worker", [SSHD, "-D"], {}, notices)
         command = mpirun_command(
             entry,
             contract.hosts,
             contract.processes_per_host,
             contract.network_interface_name,
-            sorted(sm_env),
+            sorted(sm_env) + sorted(master_env),
             distribution.custom_mpi_options,
             distribution.num_processes,
             python,
         )
-        return LaunchPlan("mpi", command, {}, notices)
+        return LaunchPlan("mpi", command, master_env, notices)
     if multi_host:
         notices.append(
-            f"{len(contract.hosts)} hosts and no distribution asked for: each host runs its own copy of the program"
+            f"{len(contract.hosts)} hosts and no distribution asked for: each host runs its own copy of the "
+            "program (MASTER_ADDR and MASTER_PORT name the first host, for a program that calls "
+            "init_process_group itself)"
         )
-    return LaunchPlan("process", single_process_command(entry, python), {}, notices)
+    return LaunchPlan("process", single_process_command(entry, python), master_env, notices)

@@ -61,6 +61,16 @@ def resolve_ipv4(host: str, wait_s: float) -> str:
             time.sleep(1)  # startup only: that host's container may not be up yet
 
 
+def resolves(host: str) -> bool:
+    """Whether `host` resolves here now (no retry: for a one-host job, where the name is this
+    container's own or none at all)."""
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return True
+
+
 def usable_interface(named: str, first_host: str, wait_s: float, routes_file: Path | None = None) -> str:
     """`named` when this container has it, else the interface that routes to the first host."""
     if named in interface_names():

@@ -14,6 +14,7 @@ from train.launch import EntryPoint
 
 PY = "/usr/bin/python3"
 SCRIPT = EntryPoint("script", "/opt/ml/code/train.py", ["--epochs", "2"])
+RESOLVES = lambda host: True  # noqa: E731  (host names resolve, as in SageMaker and local mode)
 
 
 def contract_for(tmp_path, hosts=("algo-1",), current="algo-1", gpus=0, program="train.py", **distribution):
@@ -96,13 +97,15 @@ def test_plan_torchrun_uses_gpus_and_interface(tmp_path):
     assert plan.launcher == "torchrun"
     assert after(plan.command, "--nproc_per_node") == "4"
     assert after(plan.command, "--node_rank") == "0"
-    assert plan.env == {"NCCL_SOCKET_IFNAME": "eth0", "GLOO_SOCKET_IFNAME": "eth0"}
+    assert plan.env == {"NCCL_SOCKET_IFNAME": "eth0", "GLOO_SOCKET_IFNAME": "eth0",
+                        "MASTER_ADDR": "algo-1", "MASTER_PORT": "7777"}
 
 
 def test_plan_torchrun_on_cpu_runs_one_rank_per_host(tmp_path):
-    plan = launch.plan_launch(contract_for(tmp_path, gpus=0, launcher="torchrun"), {}, PY)
+    plan = launch.plan_launch(contract_for(tmp_path, gpus=0, launcher="torchrun"), {}, PY, resolves=RESOLVES)
     assert after(plan.command, "--nproc_per_node") == "1"
-    assert plan.env == {}
+    # one host: no socket interface; MASTER_* as for every job (torchrun sets its own for its ranks)
+    assert plan.env == {"MASTER_ADDR": "algo-1", "MASTER_PORT": "7777"}
 
 
 def test_plan_smddp_falls_back_to_torchrun_and_says_so(tmp_path):
@@ -177,6 +180,58 @@ def test_plan_mpi_processes_per_host_from_hyperparameter(tmp_path):
     contract = contract_for(tmp_path, gpus=8, launcher="mpi", processes_per_host=2)
     # one host: localhost, which resolves even without `docker run --hostname algo-1`
     assert after(launch.plan_launch(contract, {}, PY).command, "--host") == "localhost:2"
+
+
+# -- MASTER_ADDR / MASTER_PORT -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("launcher", ["process", "torchrun", "mpi"])
+@pytest.mark.parametrize("current", ["algo-1", "algo-2"])
+def test_every_launcher_names_the_first_host_and_port_7777(tmp_path, launcher, current):
+    """As AWS's PyTorch training container does for every job: a 2-host job with no distribution
+    whose script calls init_process_group(backend, rank=..., world_size=...) needs both."""
+    def no_lookup(host):
+        raise AssertionError("a multi-host job must not fall back to 127.0.0.1")
+
+    contract = contract_for(tmp_path, hosts=("algo-1", "algo-2"), current=current, launcher=launcher)
+    plan = launch.plan_launch(contract, {"SM_HPS": "{}"}, PY, resolves=no_lookup)
+    if plan.launcher == "mpi-worker":  # sshd: its ranks get the leader's values through mpirun -x
+        assert plan.env == {}
+        return
+    assert plan.env["MASTER_ADDR"] == "algo-1"
+    assert plan.env["MASTER_PORT"] == "7777"
+
+
+def test_one_host_gets_its_own_name(tmp_path):
+    plan = launch.plan_launch(contract_for(tmp_path), {}, PY, resolves=RESOLVES)
+    assert plan.env == {"MASTER_ADDR": "algo-1", "MASTER_PORT": "7777"}
+
+
+def test_one_host_whose_name_does_not_resolve_gets_loopback(tmp_path):
+    """A plain `docker run` has no algo-1: with that name rank 0's TCPStore would retry for
+    30 minutes instead of starting; 127.0.0.1 is the same machine."""
+    looked_up = []
+
+    def unresolvable(host):
+        looked_up.append(host)
+        return False
+
+    plan = launch.plan_launch(contract_for(tmp_path), {}, PY, resolves=unresolvable)
+    assert looked_up == ["algo-1"]
+    assert plan.env == {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "7777"}
+
+
+def test_mpirun_exports_master_addr_and_port_to_every_rank(tmp_path):
+    contract = contract_for(tmp_path, hosts=("algo-1", "algo-2"), launcher="mpi")
+    plan = launch.plan_launch(contract, {"SM_HPS": "{}"}, PY)
+    # the ranks on the other host only get what mpirun exports with -x (values from mpirun's env)
+    text = " ".join(plan.command)
+    assert "-x MASTER_ADDR" in text and "-x MASTER_PORT" in text and "-x SM_HPS" in text
+
+
+def test_resolves_on_this_machine():
+    assert launch.netif.resolves("localhost")
+    assert not launch.netif.resolves("no-such-host.invalid")
 
 
 # -- running ---------------------------------------------------------------------------------------

@@ -95,6 +95,72 @@ def test_script_gets_args_and_sm_variables(tmp_path):
     assert not (tmp_path / "output" / "failure").exists()
 
 
+# init_process_group with the default env:// and nothing else, as AWS's mnist.py does
+INIT_PROCESS_GROUP = """
+import json, os, torch, torch.distributed as dist
+hosts = json.loads(os.environ["SM_HOSTS"])
+rank = hosts.index(os.environ["SM_CURRENT_HOST"])
+dist.init_process_group("gloo", rank=rank, world_size=len(hosts))
+total = torch.tensor([rank + 1.0])
+dist.all_reduce(total)
+seen = {n: os.environ.get(n) for n in ("MASTER_ADDR", "MASTER_PORT")}
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "group.json"), "w") as f:
+    json.dump({"world": dist.get_world_size(), "rank": dist.get_rank(), "sum": total.item(), **seen}, f)
+dist.destroy_process_group()
+"""
+
+
+def hosts_config(root, hosts, current):
+    (root / "input" / "config" / "resourceconfig.json").write_text(
+        json.dumps({"current_host": current, "hosts": hosts, "network_interface_name": "lo"}))
+
+
+def test_init_process_group_with_env_defaults_on_one_host(tmp_path):
+    """A plain run (no resourceconfig: one host, 'algo-1', whose name does not resolve here):
+    the script's group forms on 127.0.0.1 and the default port 7777."""
+    make_job(tmp_path, INIT_PROCESS_GROUP)
+    result = run_train(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    group = json.loads((tmp_path / "model" / "group.json").read_text())
+    assert group["world"] == 1 and group["sum"] == 1.0
+    assert group["MASTER_PORT"] == "7777"
+
+
+def test_two_hosts_with_no_distribution_form_one_group(tmp_path, free_port):
+    """AWS's test_mnist_cpu[gloo] in small: 2 hosts, no distribution setting, each host's
+    script calls init_process_group(backend, rank=, world_size=) itself. Two `train`s on this
+    machine stand for the hosts (named localhost and 127.0.0.1); the port is a user's setting."""
+    hosts = ["localhost", "127.0.0.1"]
+    port, sync = str(free_port()), str(free_port())
+    roots = [make_job(tmp_path / f"host{i}", INIT_PROCESS_GROUP) for i in range(2)]
+    procs = []
+    for root, host in zip(roots, hosts):
+        hosts_config(root, hosts, host)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "train"], cwd=REPO, text=True,
+            env=train_env(root, MASTER_PORT=port, BYOC_SYNC_PORT=sync, BYOC_MPI_WAIT_S="30"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    logs = [proc.communicate(timeout=90) for proc in procs]
+    for proc, (_, err) in zip(procs, logs):
+        assert proc.returncode == 0, err[-3000:]
+    for rank, root in enumerate(roots):
+        group = json.loads((root / "model" / "group.json").read_text())
+        # one group of two (1 + 2 all-reduced), through the first host's name and the user's port
+        assert group == {"world": 2, "rank": rank, "sum": 3.0, "MASTER_ADDR": "localhost", "MASTER_PORT": port}
+
+
+def test_master_addr_and_port_the_user_sets_win(tmp_path):
+    # e.g. the estimator's environment={"MASTER_PORT": ...}: the container's environment
+    make_job(tmp_path, """
+import json, os
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "master.json"), "w") as f:
+    json.dump([os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")], f)
+""")
+    result = run_train(tmp_path, MASTER_ADDR="10.1.2.3", MASTER_PORT="23456")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "model" / "master.json").read_text()) == ["10.1.2.3", "23456"]
+
+
 def test_code_from_a_tarball(tmp_path):
     make_job(tmp_path, ECHO_SCRIPT)
     archive = tmp_path / "sourcedir.tar.gz"

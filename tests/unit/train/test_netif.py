@@ -68,7 +68,7 @@ def test_v3_resourceconfig_gets_the_interface_that_routes_to_the_first_host(tmp_
     assert "'ethwe'" in caplog.text and "eth0" in caplog.text and "algo-1" in caplog.text
     plan = launch.plan_launch(contract, contract.environment())
     assert plan.launcher == "torchrun"
-    assert plan.env == {"NCCL_SOCKET_IFNAME": "eth0", "GLOO_SOCKET_IFNAME": "eth0"}
+    assert plan.env["NCCL_SOCKET_IFNAME"] == plan.env["GLOO_SOCKET_IFNAME"] == "eth0"
     assert contract.environment()["SM_NETWORK_INTERFACE_NAME"] == "eth0"
 
 
