@@ -98,6 +98,37 @@ def default_model_file(model_dir) -> str | None:
     return os.path.join(model_dir, found[0]) if found else None
 
 
+def weights_size(model_dir) -> int:
+    """Bytes of the model's files outside code/ (its weights, as far as the files tell)."""
+    total = 0
+    for root, dirs, files in os.walk(model_dir):
+        if root == str(model_dir):
+            dirs[:] = [d for d in dirs if d != CODE_DIR]
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def nothing_to_load(model_dir, program: str) -> str | None:
+    """Why ``model_dir`` holds no model to serve (no code/<program>, no model.json and no file
+    a default model_fn loads); None when it holds one."""
+    if os.path.isfile(os.path.join(code_dir(model_dir), program)) or os.path.isfile(spec_path(model_dir)):
+        return None
+    if default_model_file(model_dir) is not None:
+        return None
+    return no_model_message(model_dir, program)
+
+
+def no_model_message(model_dir, program: str) -> str:
+    """The reason a default model_fn finds nothing to load, naming what the folder holds."""
+    return (f"no model to load: the model directory has no code/{program} (SAGEMAKER_PROGRAM) with a model_fn, "
+            "and none of the files the default model_fn loads (model.json + model.pt, model.ts, model.pt2, "
+            f"a TorchScript model.pt, or one *.pt / *.pth file); it holds: {describe(model_dir)}")
+
+
 def describe(model_dir) -> str:
     """What the model directory holds, for an error message (the first 20 entries)."""
     try:

@@ -7,7 +7,7 @@ import os
 import torch
 
 from byoc import artifact
-from serve import config, request_params
+from serve import codecs, config, request_params
 from serve.errors import BadRequest
 
 
@@ -68,3 +68,11 @@ def ranked(probs: torch.Tensor, classes: list, k: int) -> list[list[dict]]:
          for p, i in zip(vs.tolist(), ix.tolist())]
         for vs, ix in zip(values, indices)
     ]
+
+
+def predictions(rows: list, accept: str) -> bytes:
+    """The top-k answer: {"predictions": ...} (one image's, or a list for several) as JSON,
+    or one {"predictions": ...} line per image as JSON lines (Batch Transform)."""
+    if accept == codecs.JSONLINES:
+        return codecs.encode([{"predictions": row} for row in rows], codecs.JSONLINES)
+    return codecs.encode({"predictions": rows[0] if len(rows) == 1 else rows}, codecs.JSON)

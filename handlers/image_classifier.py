@@ -3,11 +3,13 @@
 
 In:  image/jpeg, image/png, application/x-image (one image), or
      application/x-npy, application/json (an array: HxW, CxH xW, HxWxC, or a
-     batch NxCxHxW / NxHxWxC; uint8 pixels or floats already in [0, 1]).
+     batch NxCxHxW / NxHxWxC; whole-number pixels 0-255 or floats already in [0, 1]), or
+     application/jsonlines (one image array per line: a batch, in order).
 Out: application/json top-k (per request `Accept: application/json; topk=3` or
      CustomAttributes `topk=3`, else BYOC_TOPK, default 5):
      {"predictions": [{"label": "cat", "index": 3, "probability": 0.91}, ...]}
      (a list of such lists for an array holding several images);
+     application/jsonlines: {"predictions": [...]} per image, one line each;
      application/x-npy or text/csv: the probabilities, N x num_classes.
 """
 from __future__ import annotations
@@ -36,10 +38,10 @@ def input_fn(body, content_type: str, context=None) -> torch.Tensor:
     transform = artifact.EvalTransform.from_spec(common.spec_for(context))
     if content_type in codecs.IMAGE_TYPES:
         return _from_image(body, content_type, transform)
-    if content_type in (codecs.NPY, codecs.JSON):
+    if content_type in (codecs.NPY, codecs.JSON, codecs.JSONLINES):
         channels, (height, width) = transform.channels, transform.crop_size
         return _from_array(codecs.decode_array(body, content_type), channels, height, width)
-    codecs.require_type(content_type, codecs.IMAGE_TYPES + (codecs.NPY, codecs.JSON))
+    codecs.require_type(content_type, codecs.IMAGE_TYPES + (codecs.NPY, codecs.JSON, codecs.JSONLINES))
 
 
 def deferred_input_fn(body, content_type: str, context=None):
@@ -73,11 +75,10 @@ def forward(inputs: list[torch.Tensor], model, context=None) -> torch.Tensor:
 
 
 def output_fn(prediction: torch.Tensor, accept: str, context=None):
-    if accept != codecs.JSON:
+    if accept not in (codecs.JSON, codecs.JSONLINES):
         return codecs.encode(prediction.numpy(), accept), accept
     rows = common.ranked(prediction, _classes(context), common.topk(prediction.shape[1]))
-    result = rows[0] if len(rows) == 1 else rows
-    return codecs.encode({"predictions": result}, codecs.JSON), codecs.JSON
+    return common.predictions(rows, accept), accept
 
 
 # ---------------------------------------------------------------- helpers
@@ -110,8 +111,11 @@ def _from_array(arr: np.ndarray, channels, height, width) -> torch.Tensor:
     limit = config.worker_settings().max_instances
     if arr.shape[0] > limit:
         raise BadRequest(f"at most {limit} images per request (BYOC_MAX_INSTANCES)")
+    if arr.dtype.kind in "ui" and arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise BadRequest("integer image arrays hold pixels from 0 to 255")
     t = torch.from_numpy(np.ascontiguousarray(arr))
-    t = t.float().div_(255) if arr.dtype == np.uint8 else t.float()
+    # whole numbers are pixels (npy uint8, or JSON's integers); floats are already in [0, 1]
+    t = t.float().div_(255) if arr.dtype.kind in "ui" else t.float()
     if tuple(t.shape[2:]) != (height, width):
         t = F.interpolate(t, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
     return t

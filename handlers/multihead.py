@@ -7,7 +7,8 @@ Out: application/json, top-k per head (per request `Accept: application/json; to
      or CustomAttributes `topk=3`, else BYOC_TOPK, default 5):
      {"predictions": {"grapheme_root": [{"label": "72", "index": 72, "probability": 0.9}, ...],
                       "vowel_diacritic": [...], ...}}
-     (a list of such dicts for an array holding several images);
+     (a list of such dicts for an array holding several images; with application/jsonlines,
+     {"predictions": {...}} per image, one line each);
      application/x-npy or text/csv: each head's probabilities side by side, N x sum(classes).
 """
 from __future__ import annotations
@@ -32,12 +33,11 @@ def predict_fn(inputs: list[torch.Tensor], model, context=None) -> list[torch.Te
 
 
 def output_fn(prediction: torch.Tensor, accept: str, context=None):
-    if accept != codecs.JSON:
+    if accept not in (codecs.JSON, codecs.JSONLINES):
         return codecs.encode(prediction.numpy(), accept), accept
     spec = common.spec_for(context)
     per_head = {}
     for head, probs in zip(spec["heads"], torch.split(prediction, artifact.head_sizes(spec), dim=1)):
         per_head[head["name"]] = common.ranked(probs, head.get("classes") or [], common.topk(probs.shape[1]))
     rows = [{name: ranked[i] for name, ranked in per_head.items()} for i in range(prediction.shape[0])]
-    result = rows[0] if len(rows) == 1 else rows
-    return codecs.encode({"predictions": result}, codecs.JSON), codecs.JSON
+    return common.predictions(rows, accept), accept

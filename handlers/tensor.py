@@ -25,6 +25,7 @@ from serve import codecs, config
 
 logger = logging.getLogger(__name__)
 
+
 def model_fn(model_dir: str, context=None):
     """model.ts, model.pt2, model.json + its weights, a TorchScript model.pt, or the one *.pt / *.pth."""
     dev = common.device()
@@ -36,11 +37,7 @@ def model_fn(model_dir: str, context=None):
     if os.path.isfile(artifact.spec_path(model_dir)):
         return common.load_network(model_dir).to(dev)
     if path is None:
-        program = config.worker_settings().program
-        raise FileNotFoundError(
-            f"no model to load: the model directory has no code/{program} (SAGEMAKER_PROGRAM) with a "
-            "model_fn, and none of the files the default model_fn loads (model.json + model.pt, model.ts, "
-            f"model.pt2, a TorchScript model.pt, or one *.pt / *.pth file); it holds: {artifact.describe(model_dir)}")
+        raise FileNotFoundError(artifact.no_model_message(model_dir, config.worker_settings().program))
     return _load_torchscript(path, dev)
 
 
@@ -76,10 +73,10 @@ def _fix_for(path: str) -> str:
 
 
 def input_fn(body, content_type: str, context=None) -> torch.Tensor:
-    """npy keeps its dtype; JSON and CSV numbers become float32, as the toolkit's FloatTensor."""
+    """npy keeps its dtype; JSON, JSON lines and CSV numbers become float32, as the toolkit's FloatTensor."""
     arr = codecs.decode_array(body, content_type)
     t = torch.from_numpy(arr)
-    if content_type in (codecs.JSON, codecs.CSV) or t.dtype == torch.float64:
+    if content_type in (codecs.JSON, codecs.CSV, codecs.JSONLINES) or t.dtype == torch.float64:
         return t.float()
     return t
 

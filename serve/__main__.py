@@ -1,63 +1,122 @@
-"""`serve`: write TorchServe's config, start it, relay signals, exit with a status.
+"""`serve`: the serving image's entry. Reads the settings, checks the model, installs its
+code/requirements.txt, then runs the front door (serve/app.py) on the inference port with
+the chosen engine behind it (BYOC_SERVING_ENGINE: python, the default, or torchserve).
 
-Exit status: 0 after a SIGTERM/SIGINT stop; 1 if the model cannot load, the
-configuration is invalid, or TorchServe dies; 2 for a bad command line.
+Exit status: 0 after a SIGTERM/SIGINT stop (requests received before it are answered
+first, within BYOC_SERVE_GRACE_PERIOD); 1 when the settings are invalid, there is no
+model to load, it cannot load, or its code/requirements.txt cannot be installed (the
+reason is the last line of the log); 2 for a bad command line.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import sys
 import tempfile
 
-from serve import logconfig, modelstore, requirements
-from serve.config import ConfigError, ServeConfig
-from serve.server import Server
+from byoc import artifact
+from serve.config import MB, MODEL_NAME, ConfigError, ServeConfig
 
 logger = logging.getLogger("serve")
 
+MULTI_MODEL_ROOT = "/opt/ml/models"   # where SageMaker puts the models of a multi-model endpoint
 
-def prepare(cfg: ServeConfig) -> Server:
-    """Work dir, code/requirements.txt (if allowed), model store (links, no copy), config.properties, log4j2.xml."""
+
+class StartupError(Exception):
+    """The server cannot start: the reason, for the last line of the log."""
+
+
+def model_to_serve(cfg: ServeConfig) -> str:
+    """The folder of the real-time model, checked before anything starts: it exists, can be
+    read, and holds something to load (else StartupError with what it holds)."""
+    try:
+        root = artifact.model_root(cfg.model_dir)
+        reason = artifact.nothing_to_load(root, cfg.program)
+    except FileNotFoundError as exc:
+        raise StartupError(f"{exc}: mount the model there, or set SM_MODEL_DIR") from None
+    except PermissionError as exc:
+        raise StartupError(f"the model directory cannot be read ({exc.strerror}): the server runs as "
+                           "uid 1000, so its files must be readable by others") from None
+    except ValueError as exc:   # several *.pt files and no model.pt
+        raise StartupError(str(exc)) from None
+    if reason:
+        raise StartupError(f"{reason} ({cfg.model_dir})")
+    return root
+
+
+def make_engine(cfg: ServeConfig, workdir: str):
+    if cfg.engine == "torchserve":
+        from serve.torchserve.engine import TorchServeEngine
+
+        return TorchServeEngine(cfg, workdir)
+    from serve.pool import PythonEngine
+
+    return PythonEngine(cfg, workdir, required_model=None if cfg.multi_model else MODEL_NAME)
+
+
+async def run(cfg: ServeConfig) -> int:
+    from aiohttp import web
+
+    from serve.app import Front, make_app
+
     workdir = cfg.workdir or tempfile.mkdtemp(prefix="byoc-serve-")
     os.makedirs(workdir, exist_ok=True)
-    site = requirements.install(cfg.model_dir, workdir, cfg.install_requirements)
-    if site:  # the workers inherit our environment (Server.env)
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p)
-    store = os.path.join(workdir, "model-store")
-    os.makedirs(store, exist_ok=True)
-    modelstore.build(cfg.model_dir, store)
-    config_path = os.path.join(workdir, "config.properties")
-    with open(config_path, "w") as f:
-        f.write(cfg.render(store))
-    log_config = os.path.join(workdir, "log4j2.xml")
-    with open(log_config, "w") as f:
-        f.write(logconfig.render(cfg.log_level))
-    return Server(cfg, workdir, config_path, log_config, store)
+    model_dir = None if cfg.multi_model else model_to_serve(cfg)
+    engine = make_engine(cfg, workdir)
+    spool = os.path.join(workdir, "spool")
+    os.makedirs(spool, exist_ok=True)
+    front = Front(engine, max_body=cfg.max_payload_mb * MB, spool=spool, multi_model=cfg.multi_model,
+                  model_root=MULTI_MODEL_ROOT)
+    runner = web.AppRunner(make_app(front), access_log=None, handle_signals=False, shutdown_timeout=1)
+    await runner.setup()
+    # Up at once: until the model is loaded /ping answers 503.
+    await web.TCPSite(runner, "0.0.0.0", cfg.port).start()
+    logger.info("front door on port %d, %s engine", cfg.port, engine.name)
 
-
-def run(cfg: ServeConfig) -> int:
-    server = prepare(cfg)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
     received = []
+    def on_signal(sig):
+        # /ping answers 503 from this moment, so that traffic goes elsewhere
+        front.draining = True
+        received.append(sig)
+        stop.set()
 
-    def on_signal(signum, _frame):
-        received.append(signum)
-        server.stopping.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await engine.start()
+    loading = None
+    if model_dir is not None:
+        loading = asyncio.ensure_future(engine.load(MODEL_NAME, model_dir, cfg.model_dir))
+        loading.add_done_callback(_loaded)
+    failed = asyncio.ensure_future(engine.failed())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    reason = failed.result() if failed.done() else None
+    if reason is None:   # draining: what was received is answered
+        logger.info("stopping on %s: answering the requests received (up to %d s)",
+                    signal.Signals(received[0]).name, cfg.grace_period_s)
+        # what is left after the drain: the engine's stop and closing the connections
+        await engine.drain(loop.time() + max(0.0, cfg.grace_period_s - engine.stop_margin_s))
+    for task in (failed, stopped, loading):
+        if task is not None and not task.done():
+            task.cancel()
+    await engine.stop()
+    await runner.cleanup()
+    if reason is not None:
+        logger.error("%s", reason)   # the last line: why the container stops
+        return 1
+    logger.info("stopped on %s", signal.Signals(received[0]).name)
+    return 0
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    server.start()
-    try:
-        status = server.wait_ready()
-        if status is None:
-            status = server.watch()
-    finally:
-        server.stop(drain=bool(received))
-    if received:
-        logger.info("stopped on %s", signal.Signals(received[0]).name)
-        return 0
-    return status or 0
+
+def _loaded(task: asyncio.Task) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return   # the engine's failed() says why
+    info = task.result()
+    logger.info("model %s loaded, %d worker(s): serving", info.name, info.workers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s [%(levelname)s] %(name)s - %(message)s")
     logger.info("configuration: %s", cfg)
     try:
-        return run(cfg)
-    except (FileNotFoundError, requirements.RequirementsError) as exc:
+        return asyncio.run(run(cfg))
+    except StartupError as exc:
         logger.error("%s", exc)
         return 1
 

@@ -27,13 +27,15 @@ from serve.errors import BadRequest, NotAcceptable, PayloadTooLarge, Unsupported
 JSON = content_types.JSON
 CSV = content_types.CSV
 NPY = content_types.NPY
+JSONLINES = "application/jsonlines"   # Batch Transform's line-per-record JSON
 JPEG = "image/jpeg"
 PNG = "image/png"
 X_IMAGE = "application/x-image"
 
 IMAGE_TYPES = (JPEG, PNG, X_IMAGE)
-ARRAY_TYPES = (NPY, JSON, CSV)
-ENCODE_TYPES = (JSON, CSV, NPY)
+ARRAY_TYPES = (NPY, JSON, CSV, JSONLINES)
+ENCODE_TYPES = (JSON, CSV, NPY, JSONLINES)
+WILDCARD_TYPES = (JSON, CSV, NPY)   # what application/* and text/* stand for
 
 # Pillow decoders allowed per content type: a JPEG claimed as PNG is refused,
 # and exotic decoders (a larger attack surface) are never reached.
@@ -58,7 +60,7 @@ def parse_media_type(value: str | None) -> tuple[str, dict[str, str]]:
 
 
 def accept_choices(accept: str | None, default: str = JSON,
-                   known: Sequence[str] = ENCODE_TYPES) -> list[tuple[str, dict[str, str]]]:
+                   known: Sequence[str] = WILDCARD_TYPES) -> list[tuple[str, dict[str, str]]]:
     """The media types to try for a response, most preferred first, each with
     its parameters other than q (``application/json; topk=3`` keeps topk).
 
@@ -184,6 +186,8 @@ def decode_array(body, content_type: str, allow_nonfinite: bool = False) -> np.n
         arr = _decode_npy(data)
     elif mtype == JSON:
         arr = _decode_json(data)
+    elif mtype == JSONLINES:
+        arr = _decode_jsonlines(data)
     else:
         arr = _decode_csv(data)
     if arr.dtype.kind not in _NUMERIC_KINDS:
@@ -230,6 +234,24 @@ def _decode_json(data: bytes) -> np.ndarray:
     return arr
 
 
+def _decode_jsonlines(data: bytes) -> np.ndarray:
+    """One record per line, each a JSON array (or a number) of the same shape: stacked, the
+    records along the first axis, in order (as text/csv's rows)."""
+    records = []
+    for n, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(_decode_json(line))
+        except BadRequest as exc:
+            raise BadRequest(f"application/jsonlines line {n}: {exc.message}") from None
+    if not records:
+        raise BadRequest("application/jsonlines body has no records")
+    if len({r.shape for r in records}) != 1:
+        raise BadRequest("application/jsonlines records must all have the same shape")
+    return np.stack(records)
+
+
 def _decode_csv(data: bytes) -> np.ndarray:
     try:
         text = data.decode("utf-8")
@@ -266,6 +288,17 @@ def to_plain(obj):
     return obj
 
 
+def encode_lines(records) -> str:
+    """One JSON line per record: the first axis of an array, or the items of a list."""
+    if hasattr(records, "detach"):
+        records = records.detach().cpu().numpy()
+    if isinstance(records, np.ndarray) and records.ndim == 0:
+        records = records.reshape(1)
+    if not isinstance(records, (list, tuple, np.ndarray)):
+        records = [records]
+    return "".join(json.dumps(to_plain(r), allow_nan=False) + "\n" for r in records)
+
+
 def encode(obj, accept: str) -> bytes:
     """Encode a prediction as JSON, CSV or NPY (406 for anything else)."""
     mtype, _ = parse_media_type(accept)
@@ -273,6 +306,8 @@ def encode(obj, accept: str) -> bytes:
         raise NotAcceptable(f"cannot encode as {mtype or '(none)'}")
     if mtype == JSON:
         out = json.dumps(to_plain(obj), allow_nan=False)
+    elif mtype == JSONLINES:
+        out = encode_lines(obj)
     else:
         if hasattr(obj, "detach"):
             obj = obj.detach().cpu().numpy()

@@ -1,5 +1,4 @@
-"""The serving contract: SAGEMAKER_* environment -> one validated, frozen object,
-and that object -> TorchServe's config.properties text.
+"""The serving contract: SAGEMAKER_* environment -> one validated, frozen object.
 
 Read once at start (``ServeConfig.from_env()``), like the SageMaker toolkits'
 environment module; bad values fail fast with the variable's name.
@@ -7,11 +6,17 @@ environment module; bad values fail fast with the variable's name.
 Environment (SageMaker's names where one exists):
 
 SAGEMAKER_BIND_TO_PORT          inference port (default 8080), on 0.0.0.0: our front door
-                                (serve/front.py), the only port open to the outside
-SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": management, metrics, gRPC, TorchServe's own inference
-                                ports are lo..lo+4 (default 8081, 8082, 7070, 7071, 8083);
-                                all on 127.0.0.1 only
-SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: GPU_WORKERS_PER_GPU per GPU, else one per CPU core)
+                                (serve/app.py), the only port open to the outside
+SAGEMAKER_MULTI_MODEL           true/false: a multi-model endpoint (models loaded on demand through
+                                the /models API, under /opt/ml/models; default false)
+BYOC_SERVING_ENGINE             python|torchserve: what runs the models behind the front door
+                                (default python, serve/pool.py; torchserve: TorchServe 0.12,
+                                archived upstream, real-time hosting only; serve/engine.py)
+SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": the torchserve engine's management, metrics, gRPC and own
+                                inference ports are lo..lo+4 (default 8081, 8082, 7070, 7071,
+                                8083); all on 127.0.0.1 only
+SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: GPU_WORKERS_PER_GPU per GPU, else one per CPU core;
+                                on a multi-model endpoint, per model: default 1)
 SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default GPU_BATCH_SIZE on a GPU host, else
                                 CPU_BATCH_SIZE)
 SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default GPU_MAX_BATCH_DELAY_MS on a GPU
@@ -19,13 +24,15 @@ SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default GPU_MAX_BATC
 SAGEMAKER_MODEL_SERVER_TIMEOUT  seconds per request to the worker (default 60)
 SAGEMAKER_MAX_PAYLOAD_IN_MB     request and response size limit (default 6)
 SAGEMAKER_CONTAINER_LOG_LEVEL   10/20/30/40/50 or DEBUG/INFO/... (default INFO)
-SAGEMAKER_PROGRAM               user handler file in <model>/code (default inference.py)
+SAGEMAKER_PROGRAM               user handler file in <model>/code (default inference.py; of a full path,
+                                as SDK v2's local mode sets it, the file name)
 SM_MODEL_DIR                    model directory (default /opt/ml/model)
-BYOC_SERVE_WORKDIR              writable dir for TorchServe's config, model store,
-                                logs (default: a new temp dir)
+BYOC_SERVE_WORKDIR              writable dir for installed requirements, spooled bodies and the
+                                torchserve engine's files (default: a new temp dir)
 BYOC_SERVE_STARTUP_TIMEOUT      s to wait for the model to load (default 600)
 BYOC_SERVE_GRACE_PERIOD         s to drain after SIGTERM before a hard stop (default 25)
-BYOC_SERVE_JVM_HEAP_MB          frontend heap (default: from the container memory limit)
+BYOC_SERVE_JVM_HEAP_MB          the torchserve engine's Java heap (default: from the container's
+                                memory limit)
 OMP_NUM_THREADS                 torch threads per worker (default on GPU: cpus // workers; on
                                 CPU: adaptive, the cores shared among the workers busy at that
                                 moment: a lone request gets every core, a full server one each)
@@ -41,7 +48,6 @@ MALLOC_TRIM_THRESHOLD_          glibc malloc: free memory kept at the top of the
                                 536870912); with glibc's own defaults, freed activations went back
                                 to the kernel and were faulted in again on every forward (2,200-3,100
                                 page faults per request, EfficientNet-Lite0; bench/README.md)
-BYOC_TS_PLUGINS_DIR             TorchServe endpoint plugins (default /opt/byoc/ts-plugins)
 BYOC_INSTALL_REQUIREMENTS       true/false: pip install code/requirements.txt at start (default true, as
                                 SageMaker's PyTorch toolkit does; offline from code/wheelhouse/ when there)
 BYOC_TOPK                       classes listed per prediction by the default handlers (default 5)
@@ -69,8 +75,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
-import json
 import logging
 import math
 import os
@@ -227,15 +231,22 @@ def memory_limit() -> int | None:
     return min(limits) if limits else None
 
 
-JVM_YOUNG_MB = 32  # the frontend's young generation (config.properties vmargs)
-
-
-def jvm_heap_mb(memory_bytes: int | None) -> int:
-    """The frontend only buffers requests and responses: 1/8 of the container's
-    memory, 256 MiB..4 GiB; the rest is left to the Python workers and the model."""
-    if not memory_bytes:
-        return 1024
-    return int(min(4096, max(256, memory_bytes // 8 // MB)))
+def memory_in_use() -> int | None:
+    """Bytes this container uses now, as the OOM killer counts them: the cgroup's usage less
+    its inactive page cache (v2, v1), else the host's used memory."""
+    v2 = _read("/sys/fs/cgroup/memory.current")
+    stat = _read("/sys/fs/cgroup/memory.stat") if v2 else _read("/sys/fs/cgroup/memory/memory.stat")
+    usage = v2 or _read("/sys/fs/cgroup/memory/memory.usage_in_bytes")
+    if usage and usage.isdigit() and stat:
+        fields = dict(line.split()[:2] for line in stat.splitlines() if len(line.split()) >= 2)
+        inactive = fields.get("inactive_file") or fields.get("total_inactive_file") or "0"
+        return max(0, int(usage) - int(inactive))
+    meminfo = dict(line.split(":", 1) for line in (_read("/proc/meminfo") or "").splitlines() if ":" in line)
+    try:
+        total, available = (int(meminfo[k].split()[0]) * 1024 for k in ("MemTotal", "MemAvailable"))
+    except (KeyError, ValueError):
+        return None
+    return total - available
 
 
 # ---------------------------------------------------------------- the workers' share
@@ -243,6 +254,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # a 40 MP photo; a 12000x12000 "bomb" is 
 GPU_DECODE_CHOICES = ("auto", "on", "off")
 SERVE_AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 MERGE_CHOICES = ("auto", "on", "off")   # serve/optimize.py
+ENGINES = ("python", "torchserve")      # serve/engine.py
 
 
 @dataclass(frozen=True)
@@ -323,6 +335,7 @@ class ServeConfig:
     grpc_ports: tuple = (7070, 7071)
     backend_port: int = 8083  # TorchServe's inference API, behind the front door
     workers: int = 1
+    model_workers: int = 1   # per model of a multi-model endpoint
     threads_per_worker: int = 1
     batch_size: int = 1
     max_batch_delay_ms: int = 100
@@ -330,12 +343,14 @@ class ServeConfig:
     startup_timeout_s: int = 600
     grace_period_s: int = 25
     max_payload_mb: int = 6
-    jvm_heap_mb: int = 1024
+    jvm_heap_mb: int = 0  # the torchserve engine's; 0: from memory_bytes
     model_dir: str = "/opt/ml/model"
     workdir: str | None = None
     gpus: int = 0
     cpus: int = 1
-    plugins_dir: str | None = None  # our TorchServe endpoint plugins (/ping, /execution-parameters)
+    memory_bytes: int | None = None  # the container's memory limit (cgroup), else the host's RAM
+    engine: str = "python"
+    multi_model: bool = False
     install_requirements: bool = True
     omp_wait_policy: str = ""
     gomp_spincount: str = ""
@@ -370,9 +385,11 @@ class ServeConfig:
         workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", gpus * GPU_WORKERS_PER_GPU or cpus)
         adaptive = not gpus and not env.get("OMP_NUM_THREADS", "").strip()
         threads = cpus if adaptive else _int(env, "OMP_NUM_THREADS", max(1, cpus // workers))
-        heap = _int(env, "BYOC_SERVE_JVM_HEAP_MB", 0, lo=0) or jvm_heap_mb(
-            memory_limit() if memory_bytes is None else memory_bytes
-        )
+        engine = _choice(env, "BYOC_SERVING_ENGINE", ENGINES)
+        multi_model = _bool(env, "SAGEMAKER_MULTI_MODEL", False)
+        if multi_model and engine != "python":
+            raise ConfigError(f"SAGEMAKER_MULTI_MODEL=true: the {engine} engine serves real-time endpoints "
+                              "only; leave BYOC_SERVING_ENGINE unset (python) for a multi-model endpoint")
         return cls(
             port=port,
             management_port=mgmt,
@@ -380,6 +397,7 @@ class ServeConfig:
             grpc_ports=(grpc_inf, grpc_mgmt),
             backend_port=backend,
             workers=workers,
+            model_workers=_int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", 1),
             threads_per_worker=threads,
             batch_size=_int(env, "SAGEMAKER_TS_BATCH_SIZE", GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE, hi=1024),
             max_batch_delay_ms=_int(env, "SAGEMAKER_TS_MAX_BATCH_DELAY",
@@ -388,12 +406,14 @@ class ServeConfig:
             startup_timeout_s=_int(env, "BYOC_SERVE_STARTUP_TIMEOUT", 600),
             grace_period_s=_int(env, "BYOC_SERVE_GRACE_PERIOD", 25, lo=0),
             max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, hi=1024),
-            jvm_heap_mb=heap,
+            jvm_heap_mb=_int(env, "BYOC_SERVE_JVM_HEAP_MB", 0, lo=0),
             model_dir=env.get("SM_MODEL_DIR", "").strip() or "/opt/ml/model",
             workdir=env.get("BYOC_SERVE_WORKDIR", "").strip() or None,
             gpus=gpus,
             cpus=cpus,
-            plugins_dir=_plugins_dir(env),
+            memory_bytes=memory_limit() if memory_bytes is None else memory_bytes,
+            engine=engine,
+            multi_model=multi_model,
             install_requirements=_bool(env, "BYOC_INSTALL_REQUIREMENTS", True),
             # Measured on a shared 2-core host (bench/README.md): 2 torch threads ran resnet18
             # at 3-9 img/s with OpenMP's default spinning, 18-19 with PASSIVE, 21 with 1 thread.
@@ -407,62 +427,6 @@ class ServeConfig:
                                        cpus=cpus, status_dir=None),
         )
 
-    # ------------------------------------------------------------ rendering
-    def model_config(self) -> dict:
-        """Per-model settings: TorchServe reads batch size/delay only from here."""
-        settings = {
-            "defaultVersion": True,
-            "marName": MODEL_NAME,
-            "minWorkers": self.workers,
-            "maxWorkers": self.workers,
-            "batchSize": self.batch_size,
-            "maxBatchDelay": self.max_batch_delay_ms,
-            "responseTimeout": self.timeout_s,
-            "startupTimeout": self.startup_timeout_s,
-        }
-        return {MODEL_NAME: {MODEL_VERSION: settings}}
-
-    def properties(self, model_store: str) -> dict[str, str]:
-        payload = str(self.max_payload_mb * MB)
-        return {
-            # Only our front door (serve/front.py) listens outside the container;
-            # it relays the SageMaker routes here. Hence token authorization off.
-            "inference_address": self.backend_url,
-            "management_address": f"http://127.0.0.1:{self.management_port}",
-            "metrics_address": f"http://127.0.0.1:{self.metrics_port}",
-            "grpc_inference_address": "127.0.0.1",
-            "grpc_inference_port": str(self.grpc_ports[0]),
-            "grpc_management_address": "127.0.0.1",
-            "grpc_management_port": str(self.grpc_ports[1]),
-            "disable_token_authorization": "true",
-            "enable_model_api": "false",
-            "enable_metrics_api": "true",
-            "metrics_mode": "prometheus",
-            "model_store": model_store,
-            "load_models": f"{MODEL_NAME}={MODEL_NAME}",
-            "models": json.dumps(self.model_config(), separators=(",", ":")),
-            "default_workers_per_model": str(self.workers),
-            "default_response_timeout": str(self.timeout_s),
-            "default_startup_timeout": str(self.startup_timeout_s),
-            "max_request_size": payload,
-            "max_response_size": payload,
-            # The handler needs the raw body bytes and the request's own
-            # Content-Type; TorchServe would otherwise json.loads JSON bodies.
-            "decode_input_request": "false",
-            # Dependencies are installed by `serve` (if allowed), never by TorchServe.
-            "install_py_dep_per_model": "false",
-            # Its periodic psutil subprocess costs CPU and nothing reads it.
-            "disable_system_metrics": "true",
-            # The serial collector with a small, fixed young generation: the frontend's garbage is
-            # short-lived request buffers. With the default G1 the heap kept growing by 100+ MiB
-            # over CI's 10k-request load test (flat with this: +17 MiB; bench/README.md).
-            "vmargs": (f"-Xmx{self.jvm_heap_mb}m -XX:+UseSerialGC -Xmn{JVM_YOUNG_MB}m "
-                       "-XX:+UseContainerSupport -XX:+ExitOnOutOfMemoryError"),
-            # The serving image's plugins replace /ping (healthy only once the
-            # model is loaded) and add /execution-parameters.
-            **({"plugins_path": self.plugins_dir} if self.plugins_dir else {}),
-        }
-
     @property
     def log_level(self) -> int:
         return self.worker.log_level
@@ -471,25 +435,8 @@ class ServeConfig:
     def program(self) -> str:
         return self.worker.program
 
-    @property
-    def backend_url(self) -> str:
-        return f"http://127.0.0.1:{self.backend_port}"
-
-    def front_command(self) -> list[str]:
-        """The front door's command line (serve/front.py)."""
-        return [
-            "-m", "serve.front", "--port", str(self.port), "--backend", self.backend_url,
-            "--max-body", str(self.max_payload_mb * MB), "--timeout", str(self.timeout_s),
-            "--log-level", str(self.log_level),
-        ]
-
-    def render(self, model_store: str) -> str:
-        """config.properties text: one 'key=value' per line, newline-terminated."""
-        lines = [f"{k}={_escape(v)}" for k, v in self.properties(model_store).items()]
-        return "\n".join(lines) + "\n"
-
     def worker_env(self) -> dict[str, str]:
-        """Environment for TorchServe and its Python workers."""
+        """Environment for the workers (and TorchServe's)."""
         return {
             # The most threads a worker's torch uses (the adaptive count stays within it).
             "OMP_NUM_THREADS": str(self.threads_per_worker),
@@ -501,33 +448,10 @@ class ServeConfig:
         }
 
 
-def _plugins_dir(env: Mapping[str, str]) -> str | None:
-    """BYOC_TS_PLUGINS_DIR, else the serving image's /opt/byoc/ts-plugins, if it holds jars."""
-    path = env.get("BYOC_TS_PLUGINS_DIR", "").strip() or "/opt/byoc/ts-plugins"
-    return path if glob.glob(os.path.join(path, "*.jar")) else None
-
-
 def _program(env: Mapping[str, str]) -> str:
     name = env.get("SAGEMAKER_PROGRAM", "").strip() or "inference.py"
+    if name.startswith("/"):   # SDK v2 local mode without S3 passes the entry point's full path
+        name = os.path.basename(name)
     if "/" in name or name.startswith(".") or not name.endswith(".py"):
         raise ConfigError(f"SAGEMAKER_PROGRAM={name!r}: expected a .py file name in <model>/code")
     return name
-
-
-def _escape(value: str) -> str:
-    # java.util.Properties treats backslash as an escape; nothing else in our
-    # values (':', '"', '{') needs escaping on the value side.
-    return value.replace("\\", "\\\\")
-
-
-def parse_properties(text: str) -> dict[str, str]:
-    """Minimal java.util.Properties reader for one-line entries (tests, logs)."""
-    out = {}
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith(("#", "!")):
-            continue
-        if "=" not in line:
-            raise ConfigError(f"config line without '=': {line!r}")
-        key, value = line.split("=", 1)
-        out[key.strip()] = value.strip().replace("\\\\", "\\")
-    return out

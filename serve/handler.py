@@ -1,17 +1,15 @@
-"""The TorchServe handler: SageMaker's model_fn/input_fn/predict_fn/output_fn
-contract on top of TorchServe's batches.
+"""The handler service: SageMaker's model_fn/input_fn/predict_fn/output_fn (or
+transform_fn) contract run on a batch of requests, whichever engine brought them
+(serve/worker.py for the python engine, serve/torchserve/entry.py for TorchServe).
 
-TorchServe entry point: ``serve.handler:handle``. Each request of a batch keeps
-its own Content-Type and Accept and fails alone: its response gets a 4xx/5xx
-status and a JSON reason while the others in the batch succeed. Tracebacks stay
-in the server log.
+Each request of a batch keeps its own Content-Type and Accept and fails alone: it gets
+a 4xx/5xx status and a JSON reason while the others in the batch succeed. Tracebacks
+stay in the server log.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import glob
-import json
 import logging
 import os
 import sys
@@ -25,6 +23,12 @@ from serve.errors import BadRequest, HTTPError, InternalError, NotAcceptable, Pa
 logger = logging.getLogger(__name__)
 
 DEFAULT_ACCEPT = codecs.JSON
+
+
+def default_accept(content_type: str) -> str:
+    """What a request gets with no Accept (or */*): JSON, but JSON lines for JSON lines
+    (Batch Transform's SplitType Line + AssembleWith Line: one answer line per record)."""
+    return codecs.JSONLINES if codecs.parse_media_type(content_type)[0] == codecs.JSONLINES else DEFAULT_ACCEPT
 
 
 @dataclass
@@ -47,31 +51,6 @@ class Request:
         return self.error is None
 
 
-def _header(headers: dict, name: str) -> str:
-    for key, value in headers.items():
-        if isinstance(key, str) and key.lower() == name and isinstance(value, str):
-            return value
-    return ""
-
-
-def _requests(data: list, context) -> list[Request]:
-    out = []
-    for idx, item in enumerate(data):
-        headers = context.get_all_request_header(idx) if context else {}
-        item = item or {}
-        body = item.get("body") if "body" in item else item.get("data")
-        out.append(
-            Request(
-                idx=idx,
-                body=body,
-                content_type=_header(headers, "content-type"),
-                accept=_header(headers, "accept"),
-                custom_attributes=_header(headers, "x-amzn-sagemaker-custom-attributes"),
-            )
-        )
-    return out
-
-
 def _params_of(r: Request, accept_params: dict) -> dict:
     """CustomAttributes, overridden by the Accept parameters."""
     return {**request_params.parse_custom_attributes(r.custom_attributes), **accept_params}
@@ -88,6 +67,7 @@ class HandlerService:
         self.context = None
         self.settings: config.WorkerSettings | None = None
         self.threads = 0  # torch intra-op threads in use
+        self.draining = False
 
     # ------------------------------------------------------------ startup
     def initialize(self, context) -> None:
@@ -111,16 +91,6 @@ class HandlerService:
         self.initialized = True
 
     # ------------------------------------------------------------ per batch
-    def handle(self, data: list, context) -> list[bytes]:
-        """TorchServe's batch: it has no hook after the answers, so the last batch's
-        proofs and rechecks run first."""
-        self.after_reply()
-        self.context = context
-        requests = _requests(data, context)
-        with _busy_marker(self.settings.status_dir) as busy:
-            self.run(requests, 0 if self.settings.threads else max(1, self.settings.cpus // max(1, busy.workers())))
-        return [self.respond(r, context) for r in requests]
-
     def run(self, requests: list[Request], threads: int = 0) -> None:
         """Answer one batch: each request gets its output or its error; ``threads``: torch's
         intra-op threads for it (0: as they are)."""
@@ -136,8 +106,14 @@ class HandlerService:
     def after_reply(self) -> None:
         """What the optimisation left for after the answers (serve/optimize.py): its proofs
         and rechecks. The engine calls it once a batch's answers have gone."""
-        if self.forward is not None:
+        if self.forward is not None and not self.draining:
             self.forward.after_reply()
+
+    def drain(self) -> None:
+        """The server is stopping: answer what comes, prove and recheck nothing more."""
+        self.draining = True
+        if self.forward is not None:
+            self.forward.pending.clear()
 
     def preprocess(self, requests: list[Request]) -> None:
         for r in requests:
@@ -192,16 +168,6 @@ class HandlerService:
 
             self._negotiate(r, "transform_fn", produce)
 
-    def respond(self, r: Request, context) -> bytes:
-        if r.ok:
-            if context is not None:
-                context.set_response_content_type(r.idx, r.output_type)
-            return r.output
-        if context is not None:
-            context.set_response_status(r.error.status, r.error.phrase, idx=r.idx)
-            context.set_response_content_type(r.idx, codecs.JSON)
-        return r.error.body()
-
     # ------------------------------------------------------------ helpers
     def _negotiate(self, r: Request, stage: str, produce) -> None:
         """The response in the client's most preferred type that ``produce``
@@ -211,9 +177,9 @@ class HandlerService:
         type works) is skipped; a request whose every type is refused gets 406
         with the list tried. When it fails for the default type too, the
         user's function is broken: 500."""
-        refused, default_works = [], None
+        refused, default_works, default = [], None, default_accept(r.content_type)
         with _failures(r, stage):
-            for accept, params in codecs.accept_choices(r.accept, DEFAULT_ACCEPT):
+            for accept, params in codecs.accept_choices(r.accept, default):
                 try:
                     with request_params.scoped(_params_of(r, params)):
                         r.output, r.output_type = _as_response(produce(accept), accept)
@@ -226,20 +192,20 @@ class HandlerService:
                     logger.info("%s refused %s for request %d: %r", stage, accept, r.idx, exc)
                     refused.append(accept)
                     if default_works is None:
-                        default_works = accept != DEFAULT_ACCEPT and self._produces_default(r, produce)
+                        default_works = accept != default and self._produces_default(r, produce, default)
                     if not default_works:
                         raise
             raise NotAcceptable(
                 f"cannot produce {r.accept[:200]!r}; tried: {', '.join(refused) or 'none of its types'}"
-                f" (the default is {DEFAULT_ACCEPT})")
+                f" (the default is {default})")
 
     @staticmethod
-    def _produces_default(r: Request, produce) -> bool:
+    def _produces_default(r: Request, produce, default: str) -> bool:
         """Whether ``produce`` answers in the default type: tells a type it does
         not make from a broken function (only on the error path)."""
         try:
             with request_params.scoped(_params_of(r, {})):
-                _as_response(produce(DEFAULT_ACCEPT), DEFAULT_ACCEPT)
+                _as_response(produce(default), default)
             return True
         except Exception:
             return False
@@ -418,66 +384,3 @@ def _set_log_level(level: int) -> None:
         logging.getLogger(name).setLevel(level)
 
 
-class _busy_marker:
-    """A file that exists while this worker handles a batch: `serve` waits for
-    none to be left before it stops TorchServe (drain on SIGTERM), and the
-    workers count each other's to share the cores (adaptive threads)."""
-
-    def __init__(self, status_dir: str | None):
-        self.status_dir = status_dir
-        self.path = os.path.join(status_dir, f"busy-{os.getpid()}") if status_dir else None
-
-    def __enter__(self):
-        if self.path:
-            try:
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o644))
-            except OSError:
-                self.path = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.path:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-
-    def workers(self) -> int:
-        """Workers handling a batch now, this one included."""
-        if not self.path:
-            return 1
-        return max(1, len(glob.glob(os.path.join(self.status_dir, "busy-*"))))
-
-
-def _report_load_failure(exc: BaseException) -> None:
-    """Tell `serve` that the model cannot load, so it exits instead of letting
-    TorchServe restart the worker forever."""
-    status_dir = config.worker_settings().status_dir
-    if not status_dir:
-        return
-    try:
-        path = os.path.join(status_dir, f"load-failed-{os.getpid()}.json")
-        with open(path, "w") as f:
-            json.dump({"error": type(exc).__name__, "message": str(exc)[:2000]}, f)
-    except OSError:
-        logger.warning("could not write the load-failure marker", exc_info=True)
-
-
-_service: HandlerService | None = None
-
-
-def handle(data, context):
-    """TorchServe's entry point: called with data=None once to initialize."""
-    global _service
-    if _service is None:
-        _service = HandlerService()
-    if not _service.initialized:
-        try:
-            _service.initialize(context)
-        except Exception as exc:
-            logger.error("model failed to load", exc_info=True)
-            _report_load_failure(exc)
-            raise
-    if data is None:
-        return None
-    return _service.handle(data, context)

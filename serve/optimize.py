@@ -101,7 +101,7 @@ class ModelForward:
         self.sample = None        # (per-sample shape, dtype, device) the proofs ran on
         self.frozen = None        # the graph, and its kind ("freeze" / "optimize_for_inference")
         self.kind = None
-        self.fingerprint = None   # the model's weights and settings when the graph was made
+        self.fingerprint = None   # the model's weights and settings when it was proven pure
         self.graph_sizes = {}     # batch size -> whether the graph gives the model's answer
         self.merge_sizes = {}     # batch size -> whether merged calls give each its own answer
         self.merge_off = merge == "off"
@@ -109,14 +109,18 @@ class ModelForward:
         self.merged_once = False
         self._uses = itertools.count()
         self._meeting = None      # the _Meeting of the predict_fn calls running together
+        self._recording = None    # the model calls' inputs of a batch run in turn (for its proof)
         self._pool = None         # their threads, made on the first batch
         self._pool_size = 0
 
     # ------------------------------------------------------------ one call
     def __call__(self, *args, **kwargs):
+        single = len(args) == 1 and not kwargs
         meeting = self._meeting
-        if meeting is not None and len(args) == 1 and not kwargs and self._mergeable(args[0]):
+        if meeting is not None and single and self._mergeable(args[0]):
             return meeting.wait_for_batch(args[0])
+        if self._recording is not None and single and self._mergeable(args[0]):
+            self._recording.append(args[0].clone())
         return self._forward(*args, **kwargs)
 
     def _forward(self, *args, **kwargs):
@@ -145,7 +149,7 @@ class ModelForward:
         if self.frozen is None or _sample(x) != self.sample or not self.graph_sizes.get(x.shape[0]):
             return False
         if _fingerprint(self.model) != self.fingerprint:
-            self._drop_graph("the model's weights or settings changed since it was frozen")
+            self._watch_weights()
             return False
         return True
 
@@ -188,6 +192,7 @@ class ModelForward:
                            "(the model keeps state or draws random numbers): its calls are never merged")
             return
         self.pure, self.sample = True, _sample(x)
+        self.fingerprint = _fingerprint(self.model)
         logger.info("model is pure: the same input gives the same answer (merged calls: %s)", self.merge)
         if self.want_graph:
             with torch.inference_mode(False), torch.no_grad():
@@ -242,7 +247,6 @@ class ModelForward:
         chosen = self._fastest(good, private, x)
         if chosen is not None:
             self.kind, self.frozen = chosen
-            self.fingerprint = _fingerprint(self.model)
             self.graph_sizes = {x.shape[0]: True}
 
     def _fastest(self, good: dict, private, x):
@@ -324,20 +328,22 @@ class ModelForward:
     # ------------------------------------------------------------ together
     def together(self, calls: list) -> None:
         """Run ``calls`` (each a predict_fn call for one request, which handles its own
-        errors): merged where proven, one after another otherwise."""
+        errors): one after another (their inputs kept for the proof) until merging is
+        proven for some number of calls; then in threads, their model calls merged where
+        that many are proven."""
         import torch
 
-        if self.merge_off or not self.pure or len(calls) < 2:
-            for call in calls:
-                call()
+        n = len(calls)
+        if self.merge_off or not self.pure or n < 2 or (self.merge != "on" and not any(self.merge_sizes.values())):
+            self._in_turn(calls)
             return
-        if self._pool is None or self._pool_size < len(calls):
+        if self._pool is None or self._pool_size < n:
             # one thread per call: a call waiting for the batch holds its thread
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
-            self._pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="predict")
-            self._pool_size = len(calls)
-        meeting = _Meeting(len(calls), torch.get_num_threads())
+            self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="predict")
+            self._pool_size = n
+        meeting = _Meeting(n, torch.get_num_threads())
         self._meeting = meeting
         try:
             futures = [self._pool.submit(meeting.attend, call) for call in calls]
@@ -346,6 +352,31 @@ class ModelForward:
                 future.result()
         finally:
             self._meeting = None
+        self._watch_weights()
+
+    def _in_turn(self, calls: list) -> None:
+        """The calls one after another, each done before the next starts (as SageMaker's
+        toolkit runs them); the inputs of their model calls kept to prove merging them."""
+        record = self.pure and not self.merge_off and len(calls) > 1
+        self._recording = [] if record else None
+        try:
+            for call in calls:
+                call()
+        finally:
+            inputs, self._recording = self._recording, None
+        if self.pure:
+            self._watch_weights()
+        if inputs and len(inputs) > 1 and len(inputs) not in self.merge_sizes and not self.merge_off:
+            self._later(self._prove_merge, inputs)
+
+    def _watch_weights(self) -> None:
+        """A predict_fn that changes the model (its weights, a setting) between calls: the
+        calls' order matters then, so they are never merged again and the graph goes."""
+        if self.fingerprint is not None and not self.merge_off and _fingerprint(self.model) != self.fingerprint:
+            self.merge_off = True
+            logger.warning("model calls no longer merged: the model's weights or settings changed while serving "
+                           "(predict_fn changes them), so each call must see the last one's change")
+            self._drop_graph("the model's weights or settings changed since it was frozen")
 
     def _run_batch(self, inputs: list) -> list:
         """One output per input (each with its batch dim of 1), or an exception for that input alone."""

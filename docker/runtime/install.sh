@@ -13,8 +13,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
+# g++ and the Python headers: torch.compile's inductor compiles C++ kernels on the CPU (and
+# triton its launchers on a GPU) when a model first runs; without them a user's compiled model
+# fails at its first request (AWS's test_mnist_inductor). About 360 MB (README, Images).
 apt-get install -y -qq --no-install-recommends \
-  python3 python3-venv ca-certificates tini >/dev/null
+  python3 python3-venv python3-dev g++ ca-certificates tini >/dev/null
 rm -rf /var/lib/apt/lists/*
 
 python3 -m venv /opt/venv

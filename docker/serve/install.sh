@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # serve.Dockerfile: the pinned Python packages and the unprivileged user the
-# server runs as. Java 17 for TorchServe's frontend comes from the plugins stage
+# server runs as. Java 17 for the torchserve engine comes from the java stage
 # (a runtime linked without the compiler and tools, in /opt/java).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

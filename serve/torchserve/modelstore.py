@@ -19,7 +19,7 @@ from serve.config import MODEL_NAME, MODEL_VERSION
 
 logger = logging.getLogger(__name__)
 
-HANDLER = "serve.handler:handle"
+HANDLER = "serve.torchserve.entry:handle"
 
 
 def manifest() -> dict:

@@ -94,7 +94,7 @@ def test_serve_image_has_no_trainer(docker, serve_image):
 
 
 def test_serve_java_is_a_runtime_without_compiler_or_tools(docker, serve_image):
-    # linked in the plugins stage without javac, the Graal JIT, jshell, jlink, jdb, headers
+    # linked in the java stage without javac, the Graal JIT, jshell, jlink, jdb, headers
     out = run_in(docker, serve_image, "bash", "-c",
                  "java --list-modules; for p in /opt/java/include /usr/lib/jvm; do [ -e $p ] && echo present: $p; done;"
                  " command -v javac jshell jlink jdb || true", entrypoint="")

@@ -1,5 +1,6 @@
-"""The serving unit tests' model and TorchServe requests: a tiny resnet18 spec, a
-user's inference.py with only model_fn, and contexts as the TorchServe worker builds them."""
+"""The serving unit tests' model and batches: a tiny resnet18 spec, a user's inference.py
+with only model_fn, and batches answered as the python engine's worker answers them (or
+through the torchserve engine's entry, with contexts as TorchServe's worker builds them)."""
 from __future__ import annotations
 
 import io
@@ -53,18 +54,42 @@ def npy(arr) -> bytes:
 
 
 def service_for(model_dir):
-    """serve.handler's HandlerService initialised for model_dir, as a TorchServe worker does."""
+    """serve.handler's HandlerService initialised for model_dir, as a worker of the python
+    engine does (serve/worker.py)."""
     from serve.handler import HandlerService
+    from serve.worker import WorkerContext
 
     s = HandlerService()
-    s.initialize(make_context(model_dir, [{}]))
+    s.initialize(WorkerContext(str(model_dir), "model", None, 4))
     return s
 
 
+def _header(headers: dict, name: str) -> str:
+    return next((v for k, v in headers.items() if k.lower() == name), "")
+
+
 def run_batch(service, model_dir, requests):
-    """requests: list of (body, headers) -> list of (status, content_type, body)."""
+    """requests: list of (body, headers) -> list of (status, content_type, body), as the
+    python engine's worker answers a batch (then runs what was left for after the reply)."""
+    from serve.handler import Request
+
+    service.context.request_headers = [h for _, h in requests]
+    batch = [Request(idx=i, body=b, content_type=_header(h, "content-type"), accept=_header(h, "accept"),
+                     custom_attributes=_header(h, "x-amzn-sagemaker-custom-attributes"))
+             for i, (b, h) in enumerate(requests)]
+    service.run(batch)
+    results = [(200, r.output_type, r.output) if r.ok else (r.error.status, "application/json", r.error.body())
+               for r in batch]
+    service.after_reply()
+    return results
+
+
+def run_batch_torchserve(service, model_dir, requests):
+    """The same through the torchserve engine's entry, with TorchServe's own Context."""
+    from serve.torchserve.entry import handle_batch
+
     ctx = make_context(model_dir, [h for _, h in requests])
-    out = service.handle([{"body": b} for b, _ in requests], ctx)
+    out = handle_batch(service, [{"body": b} for b, _ in requests], ctx)
     results = []
     for i, body in enumerate(out):
         code, _ = ctx.get_response_status(i)

@@ -2,7 +2,9 @@ import logging
 
 import pytest
 
-from serve.config import MB, ConfigError, ServeConfig, WorkerSettings, jvm_heap_mb, parse_properties
+from serve.config import MB, ConfigError, ServeConfig, WorkerSettings
+from serve.torchserve import config as ts
+from serve.torchserve.config import parse_properties
 
 BASE = dict(gpus=0, cpus=8, memory_bytes=16 * 1024 * MB)
 
@@ -13,10 +15,10 @@ def cfg(**env):
 
 def test_defaults():
     c = cfg()
-    props = parse_properties(c.render("/store"))
+    props = parse_properties(ts.render(c, "/store"))
     # TorchServe listens on loopback only; the front door has 8080 on all interfaces
     assert props["inference_address"] == "http://127.0.0.1:8083"
-    assert c.front_command()[c.front_command().index("--port") + 1] == "8080"
+    assert c.port == 8080 and c.engine == "python" and not c.multi_model
     assert props["management_address"] == "http://127.0.0.1:8081"
     assert props["metrics_address"] == "http://127.0.0.1:8082"
     assert props["disable_token_authorization"] == "true"
@@ -38,13 +40,13 @@ def test_defaults():
 
 def test_every_line_parses_and_text_ends_with_newline():
     c = cfg(SAGEMAKER_TS_BATCH_SIZE=8, SAGEMAKER_MODEL_SERVER_TIMEOUT=30)
-    text = c.render("/store")
+    text = ts.render(c, "/store")
     assert text.endswith("\n")
     lines = text.splitlines()
     assert all("=" in line and line.split("=", 1)[0].strip() for line in lines)
     keys = [line.split("=", 1)[0] for line in lines]
     assert len(keys) == len(set(keys))
-    assert set(keys) == set(c.properties("/store"))
+    assert set(keys) == set(ts.properties(c, "/store"))
 
 
 def test_each_variable():
@@ -62,18 +64,15 @@ def test_each_variable():
         BYOC_SERVE_WORKDIR="/work/dir",
         BYOC_SERVE_JVM_HEAP_MB=700,
     )
-    props = parse_properties(c.render("/s"))
-    front = c.front_command()
-    assert front[front.index("--port") + 1] == "9090"
-    assert front[front.index("--backend") + 1] == props["inference_address"] == "http://127.0.0.1:10004"
-    assert front[front.index("--max-body") + 1] == str(20 * MB)
-    assert front[front.index("--timeout") + 1] == "120"
+    props = parse_properties(ts.render(c, "/s"))
+    assert c.port == 9090 and c.max_payload_mb == 20 and c.timeout_s == 120
+    assert ts.backend_url(c) == props["inference_address"] == "http://127.0.0.1:10004"
     assert props["management_address"] == "http://127.0.0.1:10000"
     assert props["metrics_address"] == "http://127.0.0.1:10001"
     assert (props["grpc_inference_address"], props["grpc_inference_port"]) == ("127.0.0.1", "10002")
     assert (props["grpc_management_address"], props["grpc_management_port"]) == ("127.0.0.1", "10003")
     assert props["default_workers_per_model"] == "3"
-    model = c.model_config()["model"]["1.0"]
+    model = ts.model_config(c)["model"]["1.0"]
     assert model["batchSize"] == 16 and model["maxBatchDelay"] == 25
     assert model["minWorkers"] == model["maxWorkers"] == 3
     assert props["default_response_timeout"] == "120" and model["responseTimeout"] == 120
@@ -88,7 +87,7 @@ def test_each_variable():
 def test_models_json_property_is_valid_json():
     import json
 
-    props = parse_properties(cfg(SAGEMAKER_TS_BATCH_SIZE=4).render("/s"))
+    props = parse_properties(ts.render(cfg(SAGEMAKER_TS_BATCH_SIZE=4), "/s"))
     assert json.loads(props["models"])["model"]["1.0"]["batchSize"] == 4
 
 
@@ -191,6 +190,9 @@ def test_log_levels(level, expected):
         ("BYOC_SERVE_JVM_HEAP_MB", "lots"),
         ("BYOC_GPU_DECODE", "yes"),
         ("BYOC_SERVE_AMP", "bf17"),
+        ("BYOC_SERVING_ENGINE", "jvm"),
+        ("BYOC_MERGE_CALLS", "sometimes"),
+        ("SAGEMAKER_MULTI_MODEL", "many"),
     ],
 )
 def test_bad_values_name_the_variable(name, value):
@@ -199,14 +201,29 @@ def test_bad_values_name_the_variable(name, value):
 
 
 def test_jvm_heap_from_memory_limit():
-    assert jvm_heap_mb(2 * 1024 * MB) == 256
-    assert jvm_heap_mb(16 * 1024 * MB) == 2048
-    assert jvm_heap_mb(512 * 1024 * MB) == 4096
-    assert jvm_heap_mb(None) == 1024
+    def heap(memory):
+        return ts.jvm_heap_mb(ServeConfig.from_env({}, gpus=0, cpus=2, memory_bytes=memory))
+    assert heap(2 * 1024 * MB) == 256
+    assert heap(16 * 1024 * MB) == 2048
+    assert heap(512 * 1024 * MB) == 4096
+    assert ts.jvm_heap_mb(cfg(BYOC_SERVE_JVM_HEAP_MB=700)) == 700
+
+
+def test_a_full_program_path_means_its_file_name():
+    assert cfg(SAGEMAKER_PROGRAM="/tmp/tmpx1/mnist.py").program == "mnist.py"
+
+
+def test_engine_and_multi_model():
+    assert cfg(BYOC_SERVING_ENGINE="TorchServe").engine == "torchserve"
+    c = cfg(SAGEMAKER_MULTI_MODEL="true")
+    assert c.multi_model and c.model_workers == 1 and c.workers == 8   # one worker per model by default
+    assert cfg(SAGEMAKER_MULTI_MODEL="true", SAGEMAKER_MODEL_SERVER_WORKERS=2).model_workers == 2
+    with pytest.raises(ConfigError, match="real-time endpoints only"):
+        cfg(SAGEMAKER_MULTI_MODEL="true", BYOC_SERVING_ENGINE="torchserve")
 
 
 def test_backslash_is_escaped():
-    text = cfg().render("C:\\store")
+    text = ts.render(cfg(), "C:\\store")
     assert parse_properties(text)["model_store"] == "C:\\store"
 
 
@@ -224,14 +241,14 @@ def test_gpu_host_defaults_and_sagemaker_settings_still_win():
                               GPU_WORKERS_PER_GPU)
 
     gpu = dict(BASE, gpus=2)
-    model = ServeConfig.from_env({}, **gpu).model_config()["model"]["1.0"]
+    model = ts.model_config(ServeConfig.from_env({}, **gpu))["model"]["1.0"]
     assert model["minWorkers"] == model["maxWorkers"] == 2 * GPU_WORKERS_PER_GPU
     assert (model["batchSize"], model["maxBatchDelay"]) == (GPU_BATCH_SIZE, GPU_MAX_BATCH_DELAY_MS)
     assert GPU_BATCH_SIZE > 1 and GPU_MAX_BATCH_DELAY_MS <= 10  # a lone request waits at most 10 ms
     env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "5", "SAGEMAKER_TS_BATCH_SIZE": "4", "SAGEMAKER_TS_MAX_BATCH_DELAY": "50"}
-    model = ServeConfig.from_env(env, **gpu).model_config()["model"]["1.0"]
+    model = ts.model_config(ServeConfig.from_env(env, **gpu))["model"]["1.0"]
     assert (model["minWorkers"], model["batchSize"], model["maxBatchDelay"]) == (5, 4, 50)
-    cpu = ServeConfig.from_env({}, **BASE).model_config()["model"]["1.0"]
+    cpu = ts.model_config(ServeConfig.from_env({}, **BASE))["model"]["1.0"]
     assert (cpu["minWorkers"], cpu["batchSize"], cpu["maxBatchDelay"]) == (8, CPU_BATCH_SIZE, CPU_MAX_BATCH_DELAY_MS)
     assert CPU_BATCH_SIZE > 1 and 0 < CPU_MAX_BATCH_DELAY_MS <= 2  # a lone request waits at most 2 ms
 

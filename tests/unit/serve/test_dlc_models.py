@@ -192,3 +192,30 @@ def test_a_photo_decoded_by_user_code_keeps_the_pixel_guard(tmp_path, traced_res
     Image.new("RGB", (9000, 9000)).save(buf, "PNG")
     (code, _, _), = run_batch(service, model_dir, [(buf.getvalue(), {"Content-Type": "application/octet-stream"})])
     assert code == 413
+
+
+LINEAR_MODEL_FN = '''
+import torch
+
+def model_fn(model_dir):
+    torch.manual_seed(0)
+    return torch.nn.Linear(3, 2).eval()
+'''
+
+
+def test_jsonlines_records_are_answered_one_line_each_in_order(tmp_path):
+    """Batch Transform (SplitType Line, MultiRecord, AssembleWith Line): a body of JSON lines
+    gets one answer line per record, in order, with no Accept given."""
+    model_dir = tmp_path / "model"
+    write(model_dir, "inference.py", LINEAR_MODEL_FN)
+    service = service_for(model_dir)
+    records = np.random.default_rng(0).random((2000, 3)).round(4)
+    body = "".join(json.dumps(r.tolist()) + "\n" for r in records).encode()
+    (code, ctype, out), = run_batch(service, model_dir, [(body, {"Content-Type": "application/jsonlines"})])
+    assert code == 200 and ctype == "application/jsonlines"
+    lines = out.decode().splitlines()
+    torch.manual_seed(0)
+    want = torch.nn.Linear(3, 2)(torch.tensor(records, dtype=torch.float32)).detach().numpy()
+    assert len(lines) == 2000 and np.allclose([json.loads(line) for line in lines], want, atol=1e-5)
+    (code, _, out), = run_batch(service, model_dir, [(b"[1, 2, 3]\n[4, 5]\n", {"Content-Type": "application/jsonlines"})])
+    assert code == 400 and "same shape" in json.loads(out)["message"]

@@ -188,16 +188,18 @@ def test_sagemaker_program_selects_the_file(tmp_path, monkeypatch):
     assert service_for(model_dir).model == "other"
 
 
-def test_load_failure_is_reported_to_serve(tmp_path, monkeypatch):
+def test_load_failure_is_reported_to_the_torchserve_engine(tmp_path, monkeypatch):
     model_dir = tmp_path / "m"
     model_dir.mkdir()
     write_code(model_dir, "def model_fn(d):\n    raise RuntimeError('weights are corrupt')\n")
     status = tmp_path / "status"
     status.mkdir()
     monkeypatch.setenv("BYOC_SERVE_STATUS_DIR", str(status))
-    monkeypatch.setattr(handler_mod, "_service", None)
+    from serve.torchserve import entry
+
+    monkeypatch.setattr(entry, "_service", None)
     with pytest.raises(RuntimeError):
-        handler_mod.handle(None, make_context(model_dir, [{}]))
+        entry.handle(None, make_context(model_dir, [{}]))
     (marker,) = status.glob("load-failed-*.json")
     assert json.loads(marker.read_text())["message"] == "weights are corrupt"
 
@@ -205,6 +207,15 @@ def test_load_failure_is_reported_to_serve(tmp_path, monkeypatch):
 def test_no_model_at_all_fails_to_load(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model to load"):
         service_for(tmp_path)
+
+
+def test_the_torchserve_entry_answers_a_batch_in_its_context(classifier, model_dir, jpeg_bytes):
+    from support.serving import run_batch_torchserve
+
+    got = run_batch_torchserve(classifier, model_dir, [(jpeg_bytes, {"Content-Type": "image/jpeg"}),
+                                                       (b"x", {"Content-Type": "text/html"})])
+    assert [(code, ctype) for code, ctype, _ in got] == [(200, "application/json"), (415, "application/json")]
+    assert len(json.loads(got[0][2])["predictions"]) == 3 and json.loads(got[1][2])["code"] == 415
 
 
 # ---------------------------------------------------------------- per-request top-k
@@ -259,9 +270,13 @@ def test_each_worker_makes_cuda_mean_its_own_gpu(tmp_path, monkeypatch, gpu_id):
     model_dir = tmp_path / "m"
     model_dir.mkdir()
     write_code(model_dir, "def model_fn(d, context):\n    return context.system_properties['gpu_id']\n")
-    s = HandlerService()
-    s.initialize(make_context(model_dir, [{}], gpu=gpu_id))
-    assert picked == [gpu_id] and s.model == gpu_id
+    from serve.worker import WorkerContext
+
+    for context in (make_context(model_dir, [{}], gpu=gpu_id), WorkerContext(str(model_dir), "model", gpu_id, 1)):
+        picked.clear()
+        s = HandlerService()
+        s.initialize(context)
+        assert picked == [gpu_id] and s.model == gpu_id
 
 
 # ---------------------------------------------------------------- a workshop's inference.py
@@ -354,8 +369,11 @@ def test_user_code_pixel_limit_follows_the_setting(model_dir, jpeg_bytes, monkey
     assert code == 413  # the 512x512 photo is over 10,000 pixels
 
 
-def test_threads_adapt_to_the_workers_busy(model_dir, jpeg_bytes, tmp_path, monkeypatch):
-    """Alone a worker uses every core; with another worker busy, its share."""
+def test_threads_adapt_to_the_workers_busy_under_torchserve(model_dir, jpeg_bytes, tmp_path, monkeypatch):
+    """Alone a worker uses every core; with another worker busy, its share (the torchserve
+    engine's workers count each other's busy markers; the python engine's front door knows)."""
+    from support.serving import run_batch_torchserve as run_batch
+
     import torch
 
     status = tmp_path / "status"
@@ -418,3 +436,17 @@ def test_a_batch_of_user_predict_fn_calls_runs_its_model_calls_together(model_di
     batches.clear()
     run_batch(served, model_dir, requests)
     assert batches == [3]   # the three photos' model calls: one forward
+
+
+def test_jsonlines_images_get_one_top_k_line_each(classifier, model_dir):
+    images = np.random.default_rng(2).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    body = "".join(json.dumps(img.tolist()) + "\n" for img in images).encode()
+    (code, ctype, out), = run_batch(classifier, model_dir, [(body, {"Content-Type": "application/jsonlines"})])
+    assert code == 200 and ctype == "application/jsonlines"
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert len(lines) == 3 and all(len(line["predictions"]) == 3 for line in lines)
+    for img, line in zip(images, lines):   # each line is that image's own answer
+        (_, _, alone), = run_batch(classifier, model_dir, [(npy(img[None]), {"Content-Type": "application/x-npy"})])
+        want = {p["label"]: p["probability"] for p in json.loads(alone)["predictions"]}
+        got = {p["label"]: p["probability"] for p in line["predictions"]}
+        assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-4 for k in want)

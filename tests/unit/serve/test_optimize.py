@@ -397,6 +397,35 @@ def test_a_recheck_that_finds_a_changed_answer_stops_merging_for_good(caplog):
     assert all(torch.equal(g, model.forward.user_forward(x).detach()) for g, x in zip(got, inputs))
 
 
+def test_a_predict_fn_that_changes_the_weights_keeps_its_calls_in_order(monkeypatch, caplog):
+    """Its third call doubles the weights: every later call must see them doubled, as when
+    the calls run one after another; merging (which runs the model calls of a batch before
+    any of their predict_fn returns) must stop once the change is seen."""
+    torch.manual_seed(0)
+    model = frozen_on(torch.nn.Sequential(torch.nn.Linear(6, 3)).eval(), monkeypatch, "freeze", torch.randn(1, 6))
+    untouched = copy.deepcopy(model)
+    del untouched.forward
+    calls = []
+
+    def predict(x):
+        calls.append(x)
+        out = model(x)
+        if len(calls) == 3:
+            with torch.no_grad():
+                model[0].weight.mul_(2)
+        return out
+
+    inputs = [torch.randn(1, 6) for _ in range(4)]
+    with caplog.at_level(logging.WARNING, logger="serve.optimize"):
+        got = run_together(model, inputs, predict)
+    with torch.no_grad():
+        untouched[0].weight.mul_(2)
+    assert close(got[3], serve_like(untouched, inputs[3]))   # call 4 sees the doubled weights
+    assert model.forward.merge_off and model.forward.frozen is None and "changed while serving" in caplog.text
+    again = run_together(model, inputs, predict)
+    assert all(close(g, serve_like(untouched, x)) for g, x in zip(again, inputs))
+
+
 def test_merge_off_runs_the_calls_one_after_another_on_the_workers_thread(resnet18, monkeypatch):
     frozen_on(resnet18, monkeypatch, "freeze", torch.randn(1, 3, 64, 64), merge="off")
     threads = set()
@@ -416,7 +445,7 @@ def test_merge_on_merges_without_the_proof(monkeypatch):
 
 
 def test_calls_that_fail_wander_or_call_twice_do_not_hold_up_the_others(resnet18, monkeypatch):
-    frozen_on(resnet18, monkeypatch, "freeze", torch.randn(1, 3, 64, 64))
+    frozen_on(resnet18, monkeypatch, "freeze", torch.randn(1, 3, 64, 64), merge="on")   # in threads at once
     inputs = [torch.randn(1, 3, 64, 64) for _ in range(6)]
 
     def predict(x):

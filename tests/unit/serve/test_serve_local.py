@@ -1,7 +1,8 @@
-"""The real `serve` (TorchServe 0.12 + java on this host) against a tiny real
-model: /ping, /invocations with real images, bad requests, a model that cannot
-load, SIGTERM with a request in flight. Skipped only when java or TorchServe is
-missing."""
+"""The real `serve` on this host, with each engine (python, and TorchServe 0.12 + java),
+against a tiny real model: /ping, /invocations with real images, bad requests, a model
+that cannot load, SIGTERM with a request in flight; and what the python engine does when
+user code is slower than the timeout, a worker is killed, or a body is large. The
+torchserve cases skip only when java or TorchServe is missing."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -25,7 +26,7 @@ from support.serving import CLASSES, USER_MODEL_FN
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-def _missing() -> str | None:
+def _torchserve_missing() -> str | None:
     if not shutil.which("java"):
         return "java is not installed (TorchServe's frontend needs a JRE 17)"
     try:
@@ -35,10 +36,9 @@ def _missing() -> str | None:
     return None
 
 
-_WHY = _missing()
-if _WHY:
-    print(f"skipping TorchServe tests: {_WHY}")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_WHY is not None, reason=_WHY or "")]
+_WHY = _torchserve_missing()
+ENGINES = ["python", pytest.param("torchserve", marks=pytest.mark.skipif(_WHY is not None, reason=_WHY or ""))]
+pytestmark = [pytest.mark.slow]
 
 
 def free_ports(n: int) -> list[int]:
@@ -77,7 +77,7 @@ def http(method, url, body=None, headers=None, timeout=60):
 class Serve:
     """`python -m serve` in a subprocess, with its output kept for asserts."""
 
-    def __init__(self, model_dir, workdir, **env):
+    def __init__(self, model_dir, workdir, engine="python", **env):
         port, mgmt = free_ports(1)[0], free_ports(5)[0]
         self.port, self.mgmt = port, mgmt
         self.url = f"http://127.0.0.1:{port}"
@@ -93,6 +93,7 @@ class Serve:
                 "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
                 "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
                 "BYOC_SERVE_STARTUP_TIMEOUT": "120",
+                "BYOC_SERVING_ENGINE": engine,
             }
         )
         full_env.update({k: str(v) for k, v in env.items()})
@@ -109,9 +110,12 @@ class Serve:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 pytest.fail(f"serve exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
-            if "worker(s) ready" in self.output():
-                return
-            time.sleep(0.5)
+            try:
+                if http("GET", self.url + "/ping", timeout=5)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)   # as SageMaker's health check does
         pytest.fail(f"serve not ready after {timeout}s:\n{self.output()[-4000:]}")
 
     def stop(self):
@@ -134,11 +138,12 @@ def make_model_dir(path, model_files, code: str | None = None):
     return path
 
 
-@pytest.fixture(scope="module")
-def server(model_files, tmp_path_factory):
+@pytest.fixture(scope="module", params=ENGINES)
+def server(request, model_files, tmp_path_factory):
     base = tmp_path_factory.mktemp("serve")
     model_dir = make_model_dir(base / "model", model_files)
-    s = Serve(model_dir, base / "work", SAGEMAKER_TS_BATCH_SIZE=4, SAGEMAKER_TS_MAX_BATCH_DELAY=20)
+    s = Serve(model_dir, base / "work", request.param, SAGEMAKER_TS_BATCH_SIZE=4, SAGEMAKER_TS_MAX_BATCH_DELAY=20)
+    s.engine = request.param
     try:
         s.wait_ready()
         yield s
@@ -247,6 +252,8 @@ def test_get_invocations_does_not_run_the_model(server):
 
 
 def test_management_api_only_on_loopback(server):
+    if server.engine != "torchserve":
+        pytest.skip("the python engine has no management port")
     assert http("GET", f"http://127.0.0.1:{server.mgmt}/models")[0] == 200
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -262,18 +269,33 @@ def test_management_api_only_on_loopback(server):
         socket.create_connection((ip, server.mgmt), timeout=2).close()
 
 
-def test_model_that_cannot_load_exits_non_zero_with_reason(model_files, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_model_that_cannot_load_exits_non_zero_with_reason_last(model_files, tmp_path, engine):
     model_dir = make_model_dir(
         tmp_path / "model", model_files, code="def model_fn(model_dir):\n    raise RuntimeError('state_dict does not match resnet18')\n"
     )
-    s = Serve(model_dir, tmp_path / "work")
+    s = Serve(model_dir, tmp_path / "work", engine)
     try:
         s.proc.wait(120)
     finally:
         s.stop()
     out = s.output()
     assert s.proc.returncode == 1, out[-3000:]
-    assert "state_dict does not match resnet18" in out
+    assert "state_dict does not match resnet18" in out.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_no_model_stops_at_once_with_the_reason_last(tmp_path, engine):
+    (tmp_path / "model").mkdir()
+    s = Serve(tmp_path / "model", tmp_path / "work", engine, SAGEMAKER_PROGRAM="resnet18.py")
+    start = time.monotonic()
+    try:
+        s.proc.wait(30)
+    finally:
+        s.stop()
+    last = s.output().strip().splitlines()[-1]
+    assert s.proc.returncode == 1 and time.monotonic() - start < 30
+    assert "no model to load" in last and "code/resnet18.py (SAGEMAKER_PROGRAM)" in last and "empty" in last
 
 
 SLOW = USER_MODEL_FN + '''
@@ -284,11 +306,12 @@ def transform_fn(model, body, content_type, accept):
 '''
 
 
-def test_sigterm_finishes_the_request_in_flight(model_files, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sigterm_finishes_the_request_in_flight(model_files, tmp_path, engine):
     """TorchServe alone drops a request still in a worker 2 s after SIGTERM;
     `serve` drains first."""
     model_dir = make_model_dir(tmp_path / "model", model_files, code=SLOW)
-    s = Serve(model_dir, tmp_path / "work", BYOC_SERVE_GRACE_PERIOD=20)
+    s = Serve(model_dir, tmp_path / "work", engine, BYOC_SERVE_GRACE_PERIOD=20)
     try:
         s.wait_ready()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -302,7 +325,8 @@ def test_sigterm_finishes_the_request_in_flight(model_files, tmp_path):
         s.stop()
 
 
-def test_multihead_model_in_mixed_batches_with_per_request_topk(tmp_path, jpeg_bytes):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_multihead_model_in_mixed_batches_with_per_request_topk(tmp_path, jpeg_bytes, engine):
     """A Bengali-style model (three heads) exported by the trainer, served with
     batch size 4: a good photo, a truncated one and a topk=2 request share
     batches and each gets its own answer."""
@@ -317,7 +341,8 @@ def test_multihead_model_in_mixed_batches_with_per_request_topk(tmp_path, jpeg_b
             "mean": [0.5] * 3, "std": [0.25] * 3, "weights": "model.pt"}
     torch.manual_seed(0)
     write(build_model(spec).eval(), spec, tmp_path / "model")
-    s = Serve(tmp_path / "model", tmp_path / "work", SAGEMAKER_TS_BATCH_SIZE=4, SAGEMAKER_TS_MAX_BATCH_DELAY=50)
+    s = Serve(tmp_path / "model", tmp_path / "work", engine, SAGEMAKER_TS_BATCH_SIZE=4, SAGEMAKER_TS_MAX_BATCH_DELAY=50,
+              SAGEMAKER_CONTAINER_LOG_LEVEL="DEBUG")
     try:
         s.wait_ready()
         kinds = [({"Content-Type": "image/jpeg"}, jpeg_bytes, 200, 5),
@@ -343,6 +368,200 @@ def test_multihead_model_in_mixed_batches_with_per_request_topk(tmp_path, jpeg_b
             assert body["code"] == 400 and body["message"]
     assert len(answers) == 1     # the same photo, the same top class, whatever its batch
     log = s.output()
-    batches = log.count("Backend received inference at")
+    batches = log.count("Backend received inference at") + log.count("batch of")
     assert 0 < batches < len(kinds), "no batch held more than one request"
     assert s.proc.returncode == 0, log[-3000:]
+
+
+# ---------------------------------------------------------------- the python engine's failures
+USER_CODE = """
+import os, time
+
+def model_fn(model_dir):
+    return "model"
+
+def input_fn(body, content_type):
+    return body
+
+def predict_fn(data, model):
+    if data == b"die":
+        os.kill(os.getpid(), 9)      # as the kernel's OOM killer would
+    if data.startswith(b"sleep "):
+        time.sleep(float(data[6:]))
+    return data
+
+def output_fn(prediction, accept):
+    return prediction, "application/octet-stream"
+"""
+
+
+@pytest.fixture
+def user_code_server(tmp_path):
+    model_dir = tmp_path / "model"
+    (model_dir / "code").mkdir(parents=True)
+    (model_dir / "code" / "inference.py").write_text(USER_CODE)
+    s = Serve(model_dir, tmp_path / "work", "python", SAGEMAKER_MODEL_SERVER_WORKERS=2,
+              SAGEMAKER_MODEL_SERVER_TIMEOUT=3, SAGEMAKER_MAX_PAYLOAD_IN_MB=64)
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
+def post(s, body, timeout=60):
+    return http("POST", s.url + "/invocations", body, {"Content-Type": "application/octet-stream"}, timeout)
+
+
+def wait_workers(s, n=2, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if s.output().count("ready (pid") >= n:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"workers not restarted:\n{s.output()[-3000:]}")
+
+
+def test_user_code_over_the_timeout_gets_504_and_its_worker_is_replaced(user_code_server):
+    s = user_code_server
+    started = time.monotonic()
+    code, ctype, body = post(s, b"sleep 30")
+    assert code == 504 and ctype == "application/json", body
+    assert time.monotonic() - started < 10
+    assert "SAGEMAKER_MODEL_SERVER_TIMEOUT" in json.loads(body)["message"]
+    wait_workers(s, 3)   # the two first, and the one that replaced the stuck worker
+    assert [post(s, b"after %d" % i)[2] for i in range(4)] == [b"after %d" % i for i in range(4)]
+
+
+def test_a_killed_worker_costs_only_its_request_and_is_restarted(user_code_server):
+    s = user_code_server
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        others = [pool.submit(post, s, b"sleep 0.5") for _ in range(6)]
+        time.sleep(0.1)
+        code, _, body = post(s, b"die")
+        answers = [f.result() for f in others]
+    assert code == 503 and "died" in json.loads(body)["message"], body
+    assert all(a[0] == 200 and a[2] == b"sleep 0.5" for a in answers), answers
+    wait_workers(s, 3)
+    assert http("GET", s.url + "/ping")[0] == 200
+    assert post(s, b"still here")[2] == b"still here"
+
+
+def test_a_large_body_is_answered_whole_and_not_left_on_disk(user_code_server, tmp_path):
+    s = user_code_server
+    body = os.urandom(40 * 1024 * 1024)   # over the 8 MiB kept in memory: spooled both ways
+    code, _, out = post(s, body, timeout=120)
+    assert code == 200 and out == body
+    spool = tmp_path / "work" / "spool"
+    assert list(spool.iterdir()) == []
+    code, _, out = post(s, os.urandom(65 * 1024 * 1024), timeout=120)
+    assert code == 413 and json.loads(out)["code"] == 413
+
+
+def test_slow_clients_do_not_starve_ping(user_code_server):
+    s = user_code_server
+    host, port = "127.0.0.1", int(s.url.rsplit(":", 1)[1])
+    slow = []
+    for _ in range(20):   # each sends headers announcing a body, then nothing
+        c = socket.create_connection((host, port))
+        c.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\nab")
+        slow.append(c)
+    try:
+        started = time.monotonic()
+        assert http("GET", s.url + "/ping", timeout=5)[0] == 200
+        assert time.monotonic() - started < 1
+    finally:
+        for c in slow:
+            c.close()
+
+
+# ---------------------------------------------------------------- multi-model endpoints
+def model_with_code(folder, source):
+    (folder / "code").mkdir(parents=True)
+    (folder / "code" / "inference.py").write_text(source)
+    return folder
+
+
+ANSWER_WITH = """
+def model_fn(model_dir):
+    return {answer!r}
+
+def transform_fn(model, body, content_type, accept):
+    return model.encode() + b":" + body, "text/plain"
+"""
+
+
+@pytest.fixture
+def mme(tmp_path):
+    s = Serve(tmp_path / "unused", tmp_path / "work", "python", SAGEMAKER_MULTI_MODEL="true")
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
+def load(s, name, url):
+    code, _, body = http("POST", s.url + "/models", json.dumps({"model_name": name, "url": str(url)}).encode(),
+                         {"Content-Type": "application/json"}, timeout=120)
+    return code, json.loads(body)
+
+
+def invoke(s, name, body=b"x", timeout=60):
+    return http("POST", f"{s.url}/models/{name}/invoke", body, {"Content-Type": "text/plain"}, timeout)
+
+
+def test_each_model_runs_its_own_inference_py(mme, tmp_path):
+    for name in ("a", "b"):
+        model_with_code(tmp_path / name, ANSWER_WITH.format(answer=name))
+        assert load(mme, name, tmp_path / name)[0] == 200
+    assert invoke(mme, "a")[2] == b"a:x" and invoke(mme, "b")[2] == b"b:x"
+    code, listed = 200, json.loads(http("GET", mme.url + "/models")[2])
+    assert listed == {"models": [{"modelName": "a", "modelUrl": str(tmp_path / "a")},
+                                 {"modelName": "b", "modelUrl": str(tmp_path / "b")}]}
+    assert http("DELETE", mme.url + "/models/a")[0] == 200
+    code, _, body = invoke(mme, "a")
+    assert code == 404 and json.loads(body)["code"] == 404
+    assert invoke(mme, "b")[2] == b"b:x"
+
+
+def test_a_model_whose_model_fn_raises_fails_alone_with_its_reason(mme, tmp_path):
+    model_with_code(tmp_path / "good", ANSWER_WITH.format(answer="good"))
+    model_with_code(tmp_path / "bad", "def model_fn(model_dir):\n    raise ValueError('weights for another net')\n")
+    assert load(mme, "good", tmp_path / "good")[0] == 200
+    code, body = load(mme, "bad", tmp_path / "bad")
+    assert code == 500 and "weights for another net" in body["message"]
+    assert invoke(mme, "good")[2] == b"good:x"
+    assert [m["modelName"] for m in json.loads(http("GET", mme.url + "/models")[2])["models"]] == ["good"]
+    assert load(mme, "nothing", tmp_path / "no-such-folder")[0] == 404
+    (tmp_path / "empty").mkdir()
+    code, body = load(mme, "empty", tmp_path / "empty")
+    assert code == 404 and "no model to load" in body["message"]
+
+
+SLOW_LOAD = """
+import time
+
+def model_fn(model_dir):
+    time.sleep(4)
+    return "slow"
+
+def transform_fn(model, body, content_type, accept):
+    return b"slow", "text/plain"
+"""
+
+
+def test_loading_a_model_never_holds_up_the_others(mme, tmp_path):
+    model_with_code(tmp_path / "fast", ANSWER_WITH.format(answer="fast"))
+    model_with_code(tmp_path / "slow", SLOW_LOAD)
+    assert load(mme, "fast", tmp_path / "fast")[0] == 200
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        loading = pool.submit(load, mme, "slow", tmp_path / "slow")
+        time.sleep(0.5)
+        latencies = []
+        while not loading.done():
+            started = time.monotonic()
+            assert invoke(mme, "fast")[2] == b"fast:x"
+            latencies.append(time.monotonic() - started)
+        assert loading.result()[0] == 200
+    assert len(latencies) > 5 and max(latencies) < 1.0, latencies
