@@ -79,26 +79,23 @@ def ddp(out: Path):
 
 
 def serve(out: Path):
-    """One TorchServe worker's handler with gpu_id=0, as the frontend starts it on a GPU host."""
-    from ts.context import Context, RequestProcessor
-
+    """One worker's handler with gpu_id=0, as the python engine starts it on a GPU host."""
     from byoc import artifact
-    from serve.handler import HandlerService
+    from serve.handler import HandlerService, Request
+    from serve.worker import WorkerContext
 
     model_dir = out / "model"
     spec = artifact.model_spec(arch="resnet18", library="torchvision", classes=["brick", "grass", "gravel"],
                                image_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     artifact.write(artifact.build_model(spec).eval(), spec, model_dir)
-    context = Context("model", str(model_dir), {}, 1, 0, "0.12.0")
-    context.request_processor = [RequestProcessor({"Content-Type": "image/jpeg", "Accept": "application/json"})]
-    context.request_ids = {0: "req-0"}
     service = HandlerService()
-    service.initialize(context)
+    service.initialize(WorkerContext(str(model_dir), "model", 0, 1))
     devices = {str(p.device) for p in service.model.parameters()} if hasattr(service.model, "parameters") else set()
     photo = next((REPO / "samples" / "photos").glob("*.jpg"))
     t0 = time.perf_counter()
-    [body] = service.handle([{"body": photo.read_bytes()}], context)
-    answer = json.loads(body)
+    request = Request(idx=0, body=photo.read_bytes(), content_type="image/jpeg", accept="application/json")
+    service.run([request])
+    answer = json.loads(request.output if request.ok else request.error.body())
     print(f"handler: model on {sorted(devices) or type(service.model).__name__}, current device "
           f"{torch.cuda.current_device()}, answered {answer} in {1000 * (time.perf_counter() - t0):.0f} ms")
     assert torch.cuda.current_device() == 0 and devices == {"cuda:0"}, devices

@@ -11,7 +11,7 @@
 #        that machine's torch, Gloo as the controller;
 #     2. horovodrun: one NCCL allreduce and one hvd.DistributedOptimizer step on the GPU;
 #     3. the `train` entry on the bundled textures: torchrun + DDP over NCCL;
-#     4. the serving handler as a TorchServe worker with gpu_id=0 answers a photo.
+#     4. the serving handler as a worker with gpu_id=0 answers a photo.
 #   Figures and logs go to OUT (default $OUT, else /tmp/gpu-check).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

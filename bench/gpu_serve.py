@@ -1,4 +1,4 @@
-"""The default image handler against the network alone (issue 10), through `HandlerService.handle`
+"""The default image handler against the network alone (issue 10), through `HandlerService.run`
 as TorchServe calls it, in one process, no docker:
 
     python3 bench/gpu_serve.py                       # a GPU: ResNet-50 at 224 px, batches 1/8/32/64
@@ -87,13 +87,15 @@ def handler_service(model_dir: str, env: dict, gpu_id):
 
 
 def through_handler(service, model_dir: str, bodies: list[bytes], batch: int, seconds: float, gpu_id) -> float:
+    from serve.torchserve.entry import handle_batch   # a batch as an engine hands it over
+
     data = [{"body": bodies[i % len(bodies)]} for i in range(batch)]
     for _ in range(3):  # warm-up (cuDNN autotuning, nvjpeg handles)
-        service.handle(data, Context(model_dir, batch, gpu_id))
+        handle_batch(service, data, Context(model_dir, batch, gpu_id))
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or done == 0:
         ctx = Context(model_dir, batch, gpu_id)
-        service.handle(data, ctx)
+        handle_batch(service, data, ctx)
         if ctx.statuses:
             raise RuntimeError(f"requests failed: {ctx.statuses}")
         done += batch

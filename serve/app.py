@@ -26,8 +26,9 @@ import tempfile
 from aiohttp import web
 
 from serve.config import MODEL_NAME
-from serve.engine import Engine, InferRequest, InferResponse, ModelExists
-from serve.errors import BadRequest, HTTPError, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
+from serve.engine import Engine, InferRequest, InferResponse
+from serve.errors import (BadRequest, HTTPError, MethodNotAllowed, ModelExists, NotFound, PayloadTooLarge,
+                          UnsupportedMediaType)
 
 logger = logging.getLogger("serve.app")
 

@@ -21,18 +21,6 @@ from dataclasses import dataclass, field
 from serve.errors import HTTPError
 
 
-class ModelExists(HTTPError):
-    status, phrase = 409, "Conflict"
-
-
-class InsufficientMemory(HTTPError):
-    status, phrase = 507, "Insufficient Storage"
-
-
-class BadGateway(HTTPError):
-    status, phrase = 502, "Bad Gateway"
-
-
 @dataclass
 class InferRequest:
     """One request as the front door read it: the body in memory, or spooled to a file

@@ -41,6 +41,12 @@ class NotAcceptable(HTTPError):
     status, phrase = 406, "Not Acceptable"
 
 
+class ModelExists(HTTPError):
+    """A multi-model load of a name already loaded."""
+
+    status, phrase = 409, "Conflict"
+
+
 class PayloadTooLarge(HTTPError):
     status, phrase = 413, "Payload Too Large"
 
@@ -59,6 +65,12 @@ class ServiceUnavailable(HTTPError):
 
 class GatewayTimeout(HTTPError):
     status, phrase = 504, "Gateway Timeout"
+
+
+class InsufficientMemory(HTTPError):
+    """A multi-model load that would not fit in the memory left (SageMaker then unloads others)."""
+
+    status, phrase = 507, "Insufficient Storage"
 
 
 def client_message(exc: BaseException, limit: int = 300) -> str:

@@ -28,8 +28,8 @@ import time
 from byoc import artifact
 from serve import requirements, wire
 from serve.config import ServeConfig, memory_in_use
-from serve.engine import Engine, InferRequest, InferResponse, InsufficientMemory, ModelExists, ModelInfo
-from serve.errors import GatewayTimeout, HTTPError, NotFound, ServiceUnavailable
+from serve.engine import Engine, InferRequest, InferResponse, ModelInfo
+from serve.errors import GatewayTimeout, HTTPError, InsufficientMemory, ModelExists, NotFound, ServiceUnavailable
 
 logger = logging.getLogger("serve.pool")
 

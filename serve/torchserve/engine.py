@@ -33,8 +33,8 @@ from multidict import CIMultiDict
 
 from serve import requirements
 from serve.config import MODEL_NAME, ServeConfig
-from serve.engine import Engine, InferRequest, InferResponse, ModelExists, ModelInfo
-from serve.errors import GatewayTimeout, NotFound, ServiceUnavailable
+from serve.engine import Engine, InferRequest, InferResponse, ModelInfo
+from serve.errors import GatewayTimeout, ModelExists, NotFound, ServiceUnavailable
 from serve.torchserve import config as ts_config
 from serve.torchserve import logconfig, modelstore
 

@@ -7,10 +7,39 @@ a missing docker is a failure: a skipped container test must never pass as green
 there (support.docker).
 """
 import os
+import subprocess
 
 import pytest
 
-from support.docker import built_image, require_docker, serve_image, train_image  # noqa: F401  (fixtures)
+from support.docker import built_image, require_docker, train_image  # noqa: F401  (fixtures)
+
+# The serving engines (BYOC_SERVING_ENGINE). A test module marked `both_engines` runs its tests
+# once per engine: the serving contract is the same whichever runs the models.
+ENGINES = ("python", "torchserve")
+
+
+def pytest_generate_tests(metafunc):
+    if "serve_image" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_engines"):
+        metafunc.parametrize("serve_engine", ENGINES, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def serve_engine(request):
+    return getattr(request, "param", "python")
+
+
+@pytest.fixture(scope="session")
+def serve_image(docker, serve_engine):
+    """The serving image; for the torchserve engine, the same image with BYOC_SERVING_ENGINE
+    set in it (one layer of metadata), so that every `docker run` of a test gets it."""
+    base = built_image("BYOC_SERVE_IMAGE", "pytorch-byoc-serve:cpu")
+    if serve_engine == "python":
+        return base
+    tagged = f"{base}-{serve_engine}"
+    dockerfile = f"FROM {base}\nENV BYOC_SERVING_ENGINE={serve_engine}\n"
+    subprocess.run([docker, "build", "-q", "-t", tagged, "-"], input=dockerfile, text=True, check=True,
+                   capture_output=True)
+    return tagged
 
 
 @pytest.fixture(scope="session")

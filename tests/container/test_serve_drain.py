@@ -19,6 +19,8 @@ import requests
 
 from support.containers import classifier_model_dir, logs_of, serving
 
+pytestmark = pytest.mark.both_engines  # the same contract whichever engine serves
+
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "samples" / "photos").glob("*.jpg"))
 CLASSES = ("brick", "grass", "gravel")

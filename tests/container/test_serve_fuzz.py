@@ -22,6 +22,8 @@ import pytest
 
 from support.containers import classifier_model_dir, logs_of, serving, wait_healthy
 
+pytestmark = pytest.mark.both_engines  # the same contract whichever engine serves
+
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "samples" / "photos").glob("*.jpg"))
 MAX_PAYLOAD_MB = 1

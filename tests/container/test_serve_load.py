@@ -15,6 +15,8 @@ import pytest
 
 from support.containers import classifier_model_dir, container_memory, logs_of, serving
 
+pytestmark = pytest.mark.both_engines  # the same contract whichever engine serves
+
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "samples" / "photos").glob("*.jpg"))
 CLASSES = ("brick", "grass", "gravel")

@@ -10,6 +10,8 @@ import urllib.request
 
 import pytest
 
+pytestmark = pytest.mark.both_engines  # the same contract whichever engine serves
+
 SLOW_MODEL = """
 import json, time, torch
 

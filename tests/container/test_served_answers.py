@@ -66,6 +66,8 @@ import pytest
 
 from support.containers import logs_of, serving
 
+pytestmark = pytest.mark.both_engines  # the same contract whichever engine serves
+
 torch = pytest.importorskip("torch")
 requests = pytest.importorskip("requests")
 

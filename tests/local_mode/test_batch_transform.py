@@ -1,0 +1,47 @@
+"""Batch Transform in SageMaker SDK v2 local mode, as a user runs it: a model.tar.gz with the
+default tensor handler (a TorchScript model.pt, no user code) and a JSON-lines file of 10,000
+records, SplitType Line, MultiRecord, AssembleWith Line. The SDK reads
+/execution-parameters, posts mini-batches of whole lines up to MaxPayloadInMB, and joins
+the answers: the output must hold one answer line per record, in order, each the model's
+own answer for that record."""
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+RECORDS = 10_000
+
+
+@pytest.mark.timeout(600)
+def test_a_jsonlines_batch_transform_answers_every_record_in_order(make_session, serve_image, role, tmp_path,
+                                                                    free_port):
+    import torch
+    from sagemaker.model import Model
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    torch.jit.save(torch.jit.script(net), str(model_dir / "model.pt"))
+    with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
+        tar.add(model_dir / "model.pt", arcname="model.pt")
+    records = np.random.default_rng(0).random((RECORDS, 4)).round(5)
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    (inputs / "records.jsonl").write_text("".join(json.dumps(r.tolist()) + "\n" for r in records))
+
+    session = make_session(serving_port=free_port())
+    model = Model(image_uri=serve_image, model_data=f"file://{tmp_path / 'model.tar.gz'}", role=role,
+                  name="byoc-lm-transform", sagemaker_session=session)
+    transformer = model.transformer(instance_count=1, instance_type="local", strategy="MultiRecord",
+                                    assemble_with="Line", accept="application/jsonlines",
+                                    output_path=f"file://{tmp_path / 'output'}")
+    transformer.transform(f"file://{inputs}", content_type="application/jsonlines", split_type="Line")
+    transformer.wait()
+
+    lines = (tmp_path / "output" / "records.jsonl.out").read_text().splitlines()
+    assert len(lines) == RECORDS
+    want = net(torch.tensor(records, dtype=torch.float32)).detach().numpy()
+    got = np.array([json.loads(line) for line in lines])
+    assert got.shape == (RECORDS, 3) and np.allclose(got, want, atol=1e-5)
