@@ -10,6 +10,7 @@ reason is the last line of the log); 2 for a bad command line.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -57,40 +58,40 @@ def make_engine(cfg: ServeConfig, workdir: str):
 
 
 async def run(cfg: ServeConfig) -> int:
-    from aiohttp import web
-
-    from serve.app import Front, make_app
-
     workdir = cfg.workdir or tempfile.mkdtemp(prefix="byoc-serve-")
     os.makedirs(workdir, exist_ok=True)
     model_dir = None if cfg.multi_model else model_to_serve(cfg)
-    engine = make_engine(cfg, workdir)
-    spool = os.path.join(workdir, "spool")
-    os.makedirs(spool, exist_ok=True)
-    front = Front(engine, max_body=cfg.max_payload_mb * MB, spool=spool, multi_model=cfg.multi_model,
-                  model_root=MULTI_MODEL_ROOT)
-    runner = web.AppRunner(make_app(front), access_log=None, handle_signals=False, shutdown_timeout=1)
-    await runner.setup()
-    # Up at once: until the model is loaded /ping answers 503.
-    await web.TCPSite(runner, "0.0.0.0", cfg.port).start()
-    logger.info("front door on port %d, %s engine", cfg.port, engine.name)
-
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    received = []
+    stop, received, draining = asyncio.Event(), [], []
+
     def on_signal(sig):
-        # /ping answers 503 from this moment, so that traffic goes elsewhere
-        front.draining = True
+        draining.append(True)   # /ping answers 503 from this moment, so that traffic goes elsewhere
         received.append(sig)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    engine = make_engine(cfg, workdir)
     await engine.start()
     loading = None
-    if model_dir is not None:
+    if model_dir is not None:   # the workers start first: a cold start waits for them, not for us
         loading = asyncio.ensure_future(engine.load(MODEL_NAME, model_dir, cfg.model_dir))
         loading.add_done_callback(_loaded)
+    # the front door's libraries load in a thread meanwhile (aiohttp takes 0.4 s to import)
+    await loop.run_in_executor(None, importlib.import_module, "serve.app")
+    from aiohttp import web
+
+    from serve.app import Front, make_app
+
+    spool = os.path.join(workdir, "spool")
+    os.makedirs(spool, exist_ok=True)
+    front = Front(engine, max_body=cfg.max_payload_mb * MB, spool=spool, multi_model=cfg.multi_model,
+                  model_root=MULTI_MODEL_ROOT, draining=draining)
+    runner = web.AppRunner(make_app(front), access_log=None, handle_signals=False, shutdown_timeout=1)
+    await runner.setup()
+    # until the model is loaded /ping answers 503, and requests wait for a worker
+    await web.TCPSite(runner, "0.0.0.0", cfg.port).start()
+    logger.info("front door on port %d, %s engine", cfg.port, engine.name)
     failed = asyncio.ensure_future(engine.failed())
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -50,13 +50,13 @@ class Front:
     """The SageMaker routes, in front of an Engine."""
 
     def __init__(self, engine: Engine, *, max_body: int, spool: str, multi_model: bool = False,
-                 model_root: str | None = None):
+                 model_root: str | None = None, draining: list | None = None):
         self.engine = engine
         self.max_body = max_body
         self.spool = spool
         self.multi_model = multi_model
         self.model_root = model_root      # multi-model: the folder that model URLs are read under
-        self.draining = False
+        self._draining = draining if draining is not None else []   # `serve`'s: non-empty once stopping
         self.loading: set[str] = set()    # multi-model: names being loaded now
         routes = {"/ping": "GET", "/execution-parameters": "GET"}
         if not multi_model:
@@ -80,6 +80,14 @@ class Front:
         if path == "/execution-parameters":
             return json_response(self.engine.execution_parameters())
         return await self.invoke(request, MODEL_NAME)
+
+    @property
+    def draining(self) -> bool:
+        return bool(self._draining)
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining[:] = [True] if value else []
 
     def ping(self) -> web.Response:
         if self.draining:

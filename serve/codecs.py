@@ -296,7 +296,8 @@ def encode_lines(records) -> str:
         records = records.reshape(1)
     if not isinstance(records, (list, tuple, np.ndarray)):
         records = [records]
-    return "".join(json.dumps(to_plain(r), allow_nan=False) + "\n" for r in records)
+    # no newline after the last line: Batch Transform's AssembleWith Line adds one per answer
+    return "\n".join(json.dumps(to_plain(r), allow_nan=False) for r in records)
 
 
 def encode(obj, accept: str) -> bytes:
