@@ -74,6 +74,8 @@ class ServedModel:
         self.first_load: asyncio.Future = asyncio.get_running_loop().create_future()
         self.unloading = False
         self.env: dict = {}                # its workers' environment on top of the engine's
+        self.quiet = asyncio.Event()       # no worker of it holds a batch
+        self.quiet.set()
 
     def info(self) -> ModelInfo:
         return ModelInfo(self.name, self.url, len(self.workers), self.ready.is_set())
@@ -187,6 +189,10 @@ class PythonEngine(Engine):
         for request, future, _ in model.queue:
             _answer(future, ServiceUnavailable(f"model {name!r} was unloaded"))
         model.queue.clear()
+        try:   # the requests already in its workers are answered first
+            await asyncio.wait_for(model.quiet.wait(), self.cfg.timeout_s)
+        except asyncio.TimeoutError:
+            pass
         await asyncio.gather(*(self._stop_worker(w) for w in model.workers))
 
     def models(self) -> list[ModelInfo]:
@@ -343,18 +349,23 @@ class PythonEngine(Engine):
         worker.state = "dead"
         if worker.timer:
             worker.timer.cancel()
-        if was == "timed out" or self._stopping or worker.model.unloading:
+        held, worker.batch = worker.batch or [], None
+        if worker.model.unloading or self._stopping:
+            why = "its model was unloaded" if worker.model.unloading else "the server stopped"
+            for request, future in held:
+                _answer(future, ServiceUnavailable(f"no answer: {why} while this request was in a worker"))
+            self._settle(worker.model)
+            return
+        if was == "timed out":
             return
         worker.reason = f"the worker died ({_exit_reason(code)})"
         logger.error("%s: %s%s", worker.name, worker.reason,
-                     f" with {len(worker.batch)} request(s) in it" if worker.batch else "")
-        if worker.batch:
-            held, worker.batch = worker.batch, None
-            for request, future in held:
-                _answer(future, ServiceUnavailable(
-                    f"the worker answering this request died ({_exit_reason(code)}); it is being restarted"))
+                     f" with {len(held)} request(s) in it" if held else "")
+        for request, future in held:
+            _answer(future, ServiceUnavailable(
+                f"the worker answering this request died ({_exit_reason(code)}); it is being restarted"))
         self._model_ready(worker.model)
-        self._check_idle()
+        self._settle(worker.model)
 
     def _answered(self, worker: Worker, answers: list, parts: list) -> None:
         if worker.timer:
@@ -370,7 +381,7 @@ class PythonEngine(Engine):
                 _unlink(answer["path"])
         worker.state = "idle"
         self._dispatch(worker.model)
-        self._check_idle()
+        self._settle(worker.model)
 
     def _timed_out(self, worker: Worker, batch_id: int) -> None:
         if worker.batch_id != batch_id or worker.batch is None:
@@ -385,7 +396,7 @@ class PythonEngine(Engine):
                 f"the model did not answer within {self.cfg.timeout_s} s (SAGEMAKER_MODEL_SERVER_TIMEOUT)"))
         asyncio.ensure_future(self._kill(worker))
         self._model_ready(worker.model)
-        self._check_idle()
+        self._settle(worker.model)
 
     def _model_ready(self, model: ServedModel) -> None:
         if not any(w.state in ("idle", "busy") for w in model.workers):
@@ -419,6 +430,7 @@ class PythonEngine(Engine):
         worker.state = "busy"
         worker.batch = batch
         worker.batch_id = next(self._ids)
+        worker.model.quiet.clear()
         busy = sum(w.state == "busy" for m in self.served.values() for w in m.workers)
         threads = 0 if self.cfg.worker.threads else max(1, self.cfg.cpus // max(1, busy))
         metas, parts = [], []
@@ -438,6 +450,12 @@ class PythonEngine(Engine):
             worker.writer.writelines(wire.encode(header, parts))
         except (ConnectionError, RuntimeError):   # it died meanwhile: _serve answers the batch
             pass
+
+    def _settle(self, model: ServedModel) -> None:
+        """A batch of ``model``'s ended: is the model, is the engine, quiet now?"""
+        if not any(w.batch for w in model.workers):
+            model.quiet.set()
+        self._check_idle()
 
     def _check_idle(self) -> None:
         busy = any(m.queue or any(w.batch for w in m.workers) for m in self.served.values())

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from support.docker import built_image
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def demo(docker, train_image, serve_image, tmp_path_factory, free_port):
+def demo(docker, train_image, tmp_path_factory, free_port):
+    serve_image = built_image("BYOC_SERVE_IMAGE", "pytorch-byoc-serve:cpu")   # as shipped: the default engine
     out = tmp_path_factory.mktemp("demo")
     env = dict(os.environ, DOCKER=docker, BYOC_TRAIN_IMAGE=train_image, BYOC_SERVE_IMAGE=serve_image,
                BYOC_DEMO_DIR=str(out), BYOC_DEMO_PORT=str(free_port()))
@@ -92,6 +95,7 @@ def test_a_bad_request_gets_a_4xx_json_reason_and_the_server_stays_up(server):
     assert status == 200 and json.loads(body)["predictions"][0]["label"] in ("brick", "grass", "gravel")
 
 
+@pytest.mark.both_engines
 def test_server_is_non_root_and_only_8080_answers_outside(docker, server):
     name, _ = server
     user = subprocess.run([docker, "exec", name, "id", "-u"], capture_output=True, text=True)
@@ -115,15 +119,19 @@ def docker_image_of(docker, container):
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_the_supervisor_and_front_door_stay_small(docker, server):
-    # `serve` only watches and the front door only relays: neither loads torch.
+def test_the_front_door_stays_small_and_no_jvm_runs(docker, server, serve_engine):
+    # `serve` (the front door and the engine's loop) never loads torch; only the workers do.
+    if serve_engine != "python":
+        pytest.skip("the torchserve engine runs a JVM by design")
     name, _ = server
     script = ("import psutil\n"
               "for p in psutil.process_iter(['cmdline', 'memory_info']):\n"
               "    c = ' '.join(p.info['cmdline'] or [])\n"
-              "    if c.endswith('bin/serve') or 'serve.front' in c:\n"
-              "        print('front' if 'serve.front' in c else 'serve', p.info['memory_info'].rss >> 20)\n")
+              "    kind = 'serve' if c.endswith('bin/serve') else 'worker' if 'serve.worker' in c else "
+              "'java' if 'java' in c else None\n"
+              "    if kind:\n"
+              "        print(kind, p.info['memory_info'].rss >> 20)\n")
     out = subprocess.run([docker, "exec", name, "python", "-c", script], capture_output=True, text=True)
-    rss = dict(line.split() for line in out.stdout.splitlines())
-    assert set(rss) == {"serve", "front"}, out.stdout + out.stderr
-    assert all(int(mib) < 120 for mib in rss.values()), rss
+    kinds = [line.split() for line in out.stdout.splitlines()]
+    assert sorted(k for k, _ in kinds) == ["serve", "worker", "worker"], out.stdout + out.stderr
+    assert all(int(mib) < 120 for k, mib in kinds if k == "serve"), kinds
