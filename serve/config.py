@@ -15,7 +15,8 @@ BYOC_SERVING_ENGINE             python|torchserve: what runs the models behind t
 SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": the torchserve engine's management, metrics, gRPC and own
                                 inference ports are lo..lo+4 (default 8081, 8082, 7070, 7071,
                                 8083); all on 127.0.0.1 only
-SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: GPU_WORKERS_PER_GPU per GPU, else one per CPU core;
+SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: GPU_WORKERS_PER_GPU per GPU, else one per CPU core
+                                of the cgroup's quota, as many as the container's memory holds;
                                 on a multi-model endpoint, per model: default 1)
 SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default GPU_BATCH_SIZE on a GPU host, else
                                 CPU_BATCH_SIZE)
@@ -335,6 +336,7 @@ class ServeConfig:
     grpc_ports: tuple = (7070, 7071)
     backend_port: int = 8083  # TorchServe's inference API, behind the front door
     workers: int = 1
+    workers_set: bool = False  # SAGEMAKER_MODEL_SERVER_WORKERS given: no sizing from the memory
     model_workers: int = 1   # per model of a multi-model endpoint
     threads_per_worker: int = 1
     batch_size: int = 1
@@ -397,6 +399,7 @@ class ServeConfig:
             grpc_ports=(grpc_inf, grpc_mgmt),
             backend_port=backend,
             workers=workers,
+            workers_set=bool(env.get("SAGEMAKER_MODEL_SERVER_WORKERS", "").strip()),
             model_workers=_int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", 1),
             threads_per_worker=threads,
             batch_size=_int(env, "SAGEMAKER_TS_BATCH_SIZE", GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE, hi=1024),

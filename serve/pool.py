@@ -120,7 +120,7 @@ class PythonEngine(Engine):
             if name == self.required_model and not self._fatal.done():
                 self._fatal.set_result(exc.message)
             raise
-        count = self.cfg.workers if name == self.required_model else self.cfg.model_workers
+        count = self._fit_workers(model) if name == self.required_model else self.cfg.model_workers
         for index in range(count):
             gpu = index % self.cfg.gpus if self.cfg.gpus else None
             worker = Worker(model, index, gpu)
@@ -153,6 +153,20 @@ class PythonEngine(Engine):
         if not installed:
             return {}
         return {"PYTHONPATH": os.pathsep.join(p for p in (installed, self.env.get("PYTHONPATH")) if p)}
+
+    def _fit_workers(self, model: ServedModel) -> int:
+        """The real-time model's workers: the default count, less what the container's memory
+        cannot hold (a serverless endpoint of 1-6 GB sizes itself; one always starts)."""
+        count = self.cfg.workers
+        limit, used = self.cfg.memory_bytes, memory_in_use()
+        if self.cfg.workers_set or not limit or used is None:
+            return count
+        per_worker = self._worker_base() + 3 * artifact.weights_size(model.model_dir)
+        fits = max(1, (limit - used - MEMORY_RESERVE_BYTES) // per_worker)
+        if fits < count:
+            logger.info("%d worker(s) instead of %d: each needs about %d MiB and the container has %d MiB left",
+                        fits, count, per_worker >> 20, (limit - used) >> 20)
+        return int(min(count, fits))
 
     def _check_memory(self, model: ServedModel) -> None:
         """507 unless the model's workers fit in what the container has left: each needs a
