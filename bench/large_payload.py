@@ -55,7 +55,7 @@ def wait_ping(url: str, timeout: float = 300) -> None:
 
 
 def run(image: str, engine: str, megabytes: int, memory: str, model_dir: Path, port: int) -> dict:
-    data = np.arange(megabytes * 1024 * 1024 // 4, dtype=np.float32) % 7
+    data = np.arange(megabytes * 1000 * 1000 // 4 - 32, dtype=np.float32) % 7   # the body: MB x 10^6 bytes
     buf = io.BytesIO()
     np.save(buf, data)
     body = buf.getvalue()
@@ -94,7 +94,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default="pytorch-byoc-serve:cpu")
     parser.add_argument("--engines", nargs="+", default=["python"])
-    parser.add_argument("--sizes", nargs="+", default=["400:3g", "1024:4g"], help="MB:MEMORY")
+    parser.add_argument("--sizes", nargs="+", default=["400:3g", "1000:4g"],
+                        help="MB:MEMORY (a body of MB x 10^6 bytes: 1000 is asynchronous inference's 1 GB)")
     parser.add_argument("--port", type=int, default=18380)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="byoc-payload-") as tmp:

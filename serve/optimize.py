@@ -61,7 +61,7 @@ RTOL = 1e-3
 MIN_SPEEDUP = 1.05   # the graph must beat the user's forward by 5% to be kept
 TIMING_ROUNDS = 3    # interleaved timings of each candidate on the first input
 RECHECK_FIRST = 8    # the first merged batches and graph answers are all checked again ...
-RECHECK_EVERY = 32   # ... then one in RECHECK_EVERY
+RECHECK_EVERY = 64   # ... then one in RECHECK_EVERY (each costs a batch's inputs run alone)
 DEPRECATION_NOTE = ("the frozen graph uses TorchScript (torch.jit.trace/freeze), deprecated upstream: "
                     "its FutureWarning is silenced here; README 'Off TorchScript' says what replaces it")
 
@@ -123,7 +123,8 @@ class ModelForward:
             self._recording.append(args[0].clone())
         return self._forward(*args, **kwargs)
 
-    def _forward(self, *args, **kwargs):
+    def _forward(self, *args, recheck: bool = True, **kwargs):
+        """``recheck``: False for a merged batch, whose rows _run_batch rechecks itself."""
         if not (len(args) == 1 and not kwargs and _eligible(args[0], self.model)):
             return self.user_forward(*args, **kwargs)
         x = args[0]
@@ -133,7 +134,7 @@ class ModelForward:
             return out
         if self._graph_ready(x):
             out = self.frozen(x)
-            if self._recheck_due():
+            if recheck and self._recheck_due():
                 self._later(self._recheck, [x.clone()], [out.clone()], "frozen graph")
             return out
         out = self.user_forward(x)
@@ -391,7 +392,7 @@ class ModelForward:
                 return [_outcome(self._forward, x) for x in inputs]
             try:
                 batch = torch.cat(inputs)
-                out = self._forward(batch)   # the graph once proven for this batch size
+                out = self._forward(batch, recheck=False)   # the graph once proven for this batch size
             except Exception:
                 logger.info("running %d inputs together failed: one at a time", n, exc_info=True)
                 return [_outcome(self._forward, x) for x in inputs]
