@@ -107,9 +107,9 @@ def latencies(url: str, path: str, photo: bytes, n: int) -> list:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cycles", type=int, default=1000)
+    parser.add_argument("--cycles", type=int, default=1000, help="0: skip them")
     parser.add_argument("--models", type=int, default=20)
-    parser.add_argument("--requests", type=int, default=200, help="per stack and round, for the latency")
+    parser.add_argument("--requests", type=int, default=200, help="per stack and round, for the latency (0: skip it)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=18280)
     args = parser.parse_args()
@@ -126,26 +126,30 @@ def main():
             rt = start(rt_name, args.port + 1, [(root / "m0" / "model", "/opt/ml/model")],
                        {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
             # latency: one worker each, the same model, one request at a time
-            call("POST", mme + "/models", json.dumps({"model_name": "m0", "url": "/opt/ml/models/m0/model"}).encode())
-            runs = {"/invocations": [], "/models/m0/invoke": []}
-            for url, path in ((rt, "/invocations"), (mme, "/models/m0/invoke")):
-                latencies(url, path, photo, 20)
-            for _ in range(args.rounds):
-                runs["/invocations"] += latencies(rt, "/invocations", photo, args.requests)
-                runs["/models/m0/invoke"] += latencies(mme, "/models/m0/invoke", photo, args.requests)
+            if args.requests:
+                call("POST", mme + "/models",
+                     json.dumps({"model_name": "m0", "url": "/opt/ml/models/m0/model"}).encode())
+                runs = {"/invocations": [], "/models/m0/invoke": []}
+                for url, path in ((rt, "/invocations"), (mme, "/models/m0/invoke")):
+                    latencies(url, path, photo, 20)
+                for _ in range(args.rounds):
+                    runs["/invocations"] += latencies(rt, "/invocations", photo, args.requests)
+                    runs["/models/m0/invoke"] += latencies(mme, "/models/m0/invoke", photo, args.requests)
+                inv, mm = runs["/invocations"], runs["/models/m0/invoke"]
+                print(f"latency, one request at a time, {len(inv)} each: /invocations p50 "
+                      f"{statistics.median(inv):.1f} ms mean {statistics.mean(inv):.1f} ms; /models/m0/invoke p50 "
+                      f"{statistics.median(mm):.1f} ms mean {statistics.mean(mm):.1f} ms; invoke / invocations "
+                      f"p50 {statistics.median(mm) / statistics.median(inv):.3f}", flush=True)
+                call("DELETE", mme + "/models/m0")
             subprocess.run([DOCKER, "rm", "-f", rt_name], stdout=subprocess.DEVNULL)
-            call("DELETE", mme + "/models/m0")
-            memory = cycles(mme, mme_name, args.models, args.cycles, photo)
+            if args.cycles:
+                memory = cycles(mme, mme_name, args.models, args.cycles, photo)
+                first, last = memory[0][1], memory[-1][1]
+                print(f"memory after cycle 1: {first >> 20} MiB; after cycle {memory[-1][0]}: {last >> 20} MiB "
+                      f"({100 * (last - first) / first:+.1f}%); every 100: {[m >> 20 for _, m in memory]}")
         finally:
             for name in names:
                 subprocess.run([DOCKER, "rm", "-f", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    inv, mm = runs["/invocations"], runs["/models/m0/invoke"]
-    print(f"\nlatency, one request at a time, {len(inv)} each: /invocations p50 {statistics.median(inv):.1f} ms "
-          f"mean {statistics.mean(inv):.1f} ms; /models/m0/invoke p50 {statistics.median(mm):.1f} ms mean "
-          f"{statistics.mean(mm):.1f} ms; invoke / invocations p50 {statistics.median(mm) / statistics.median(inv):.3f}")
-    first, last = memory[0][1], memory[-1][1]
-    print(f"memory after cycle 1: {first >> 20} MiB; after cycle {memory[-1][0]}: {last >> 20} MiB "
-          f"({100 * (last - first) / first:+.1f}%); every 100: {[m >> 20 for _, m in memory]}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ SAGEMAKER_BIND_TO_PORT          inference port (default 8080), on 0.0.0.0: our f
                                 (serve/app.py), the only port open to the outside
 SAGEMAKER_MULTI_MODEL           true/false: a multi-model endpoint (models loaded on demand through
                                 the /models API, under /opt/ml/models; default false)
+SAGEMAKER_BATCH                 true/false: SageMaker sets it in a Batch Transform job's containers;
+                                checked and logged, the serving is the same
+SAGEMAKER_BATCH_STRATEGY        SINGLE_RECORD|MULTI_RECORD: the job's strategy, as SageMaker sets it
+                                (default MULTI_RECORD); /execution-parameters reports it
 BYOC_SERVING_ENGINE             python|torchserve: what runs the models behind the front door
                                 (default python, serve/pool.py; torchserve: TorchServe 0.12,
                                 archived upstream, real-time hosting only; serve/engine.py)
@@ -256,6 +260,7 @@ GPU_DECODE_CHOICES = ("auto", "on", "off")
 SERVE_AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 MERGE_CHOICES = ("auto", "on", "off")   # serve/optimize.py
 ENGINES = ("python", "torchserve")      # serve/engine.py
+BATCH_STRATEGIES = ("multi_record", "single_record")   # SageMaker writes them in capitals
 
 
 @dataclass(frozen=True)
@@ -353,6 +358,8 @@ class ServeConfig:
     memory_bytes: int | None = None  # the container's memory limit (cgroup), else the host's RAM
     engine: str = "python"
     multi_model: bool = False
+    batch: bool = False  # a Batch Transform job (SAGEMAKER_BATCH)
+    batch_strategy: str = "MULTI_RECORD"
     install_requirements: bool = True
     omp_wait_policy: str = ""
     gomp_spincount: str = ""
@@ -417,6 +424,8 @@ class ServeConfig:
             memory_bytes=memory_limit() if memory_bytes is None else memory_bytes,
             engine=engine,
             multi_model=multi_model,
+            batch=_bool(env, "SAGEMAKER_BATCH", False),
+            batch_strategy=_choice(env, "SAGEMAKER_BATCH_STRATEGY", BATCH_STRATEGIES).upper(),
             install_requirements=_bool(env, "BYOC_INSTALL_REQUIREMENTS", True),
             # Measured on a shared 2-core host (bench/README.md): 2 torch threads ran resnet18
             # at 3-9 img/s with OpenMP's default spinning, 18-19 with PASSIVE, 21 with 1 thread.
@@ -437,6 +446,13 @@ class ServeConfig:
     @property
     def program(self) -> str:
         return self.worker.program
+
+    def execution_parameters(self) -> dict:
+        """GET /execution-parameters: what a Batch Transform job that sets none of its own should
+        use. One request per worker keeps every worker busy; a record set may fill the payload
+        limit, and the default handlers answer a multi-record CSV or JSON-lines body per record."""
+        return {"MaxConcurrentTransforms": self.workers, "BatchStrategy": self.batch_strategy,
+                "MaxPayloadInMB": self.max_payload_mb}
 
     def worker_env(self) -> dict[str, str]:
         """Environment for the workers (and TorchServe's)."""

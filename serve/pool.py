@@ -266,8 +266,7 @@ class PythonEngine(Engine):
         await asyncio.gather(*(self._stop_worker(w) for w in workers))
 
     def execution_parameters(self) -> dict:
-        return {"MaxConcurrentTransforms": self.cfg.workers, "BatchStrategy": "MULTI_RECORD",
-                "MaxPayloadInMB": self.cfg.max_payload_mb}
+        return self.cfg.execution_parameters()
 
     # ------------------------------------------------------------ workers
     async def _run_worker(self, worker: Worker) -> None:
@@ -478,9 +477,15 @@ class PythonEngine(Engine):
 
     # ------------------------------------------------------------ stopping
     async def _stop_worker(self, worker: Worker) -> None:
+        """Called once no request is left in the worker: it holds nothing worth waiting for
+        (it may be busy proving its optimisation), so SIGTERM, and SIGKILL if it lingers."""
         if worker.writer is not None:
-            worker.writer.close()   # the worker sees the socket close and exits
+            worker.writer.close()
         if worker.proc is None or worker.proc.returncode is not None:
+            return
+        try:
+            worker.proc.terminate()
+        except ProcessLookupError:
             return
         try:
             await asyncio.wait_for(worker.proc.wait(), STOP_WAIT_S)

@@ -171,8 +171,7 @@ class TorchServeEngine(Engine):
             await self.session.close()
 
     def execution_parameters(self) -> dict:
-        return {"MaxConcurrentTransforms": self.cfg.workers, "BatchStrategy": "MULTI_RECORD",
-                "MaxPayloadInMB": self.cfg.max_payload_mb}
+        return self.cfg.execution_parameters()
 
     # ------------------------------------------------------------ the process
     def _prepare(self, model_dir: str) -> list[str]:

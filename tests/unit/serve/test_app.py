@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from serve import app as app_mod
 from serve.app import Front, make_app
-from serve.engine import Engine, InferResponse, ModelExists, ModelInfo
-from serve.errors import NotFound
+from serve.engine import Engine, InferResponse, ModelInfo
+from serve.errors import ModelExists, NotFound
 
 LIMIT = 1000
 

@@ -193,6 +193,8 @@ def test_log_levels(level, expected):
         ("BYOC_SERVING_ENGINE", "jvm"),
         ("BYOC_MERGE_CALLS", "sometimes"),
         ("SAGEMAKER_MULTI_MODEL", "many"),
+        ("SAGEMAKER_BATCH", "yes please"),
+        ("SAGEMAKER_BATCH_STRATEGY", "ALL_AT_ONCE"),
     ],
 )
 def test_bad_values_name_the_variable(name, value):
@@ -220,6 +222,16 @@ def test_engine_and_multi_model():
     assert cfg(SAGEMAKER_MULTI_MODEL="true", SAGEMAKER_MODEL_SERVER_WORKERS=2).model_workers == 2
     with pytest.raises(ConfigError, match="real-time endpoints only"):
         cfg(SAGEMAKER_MULTI_MODEL="true", BYOC_SERVING_ENGINE="torchserve")
+
+
+def test_execution_parameters_follow_the_settings():
+    assert cfg().execution_parameters() == {"MaxConcurrentTransforms": 8, "BatchStrategy": "MULTI_RECORD",
+                                            "MaxPayloadInMB": 6}
+    c = cfg(SAGEMAKER_BATCH="true", SAGEMAKER_BATCH_STRATEGY="SINGLE_RECORD", SAGEMAKER_MODEL_SERVER_WORKERS=3,
+            SAGEMAKER_MAX_PAYLOAD_IN_MB=100)
+    assert c.batch
+    assert c.execution_parameters() == {"MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD",
+                                        "MaxPayloadInMB": 100}
 
 
 def test_backslash_is_escaped():
