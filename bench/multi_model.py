@@ -6,9 +6,11 @@ invoke against /invocations on the same model.
 
 1. Cycles: a container with SAGEMAKER_MULTI_MODEL=true and N models under /opt/ml/models
    (each a copy of the built-in resnet18 artifact at 64 px, its weights hard-linked). Cycle i
-   loads model i % N, invokes it once with a real photo, and unloads it. The container's memory
-   (cgroup usage less inactive page cache, as `docker stats` counts it) is read after the first
-   cycle and after every 100th; the last against the first is the figure (target: within 10%).
+   loads model i % N, invokes it once with a real photo, and unloads it. After the first cycle
+   and after every 100th, with no model loaded: the RSS of the processes left in the container
+   (`docker top`) and the container's memory (cgroup usage less inactive page cache, as `docker
+   stats` counts it, kernel memory included); the last against the first is the figure (target:
+   within 10%).
 2. Latency: the same model as the only model of a real-time container (`/invocations`) and as
    a loaded model of a multi-model one (`/models/m/invoke`), each sent --requests photos one
    at a time after a warm-up, interleaved in rounds: p50 and mean of each (target: the invoke
@@ -77,6 +79,14 @@ def make_models(root: Path, n: int) -> None:
             p.chmod(0o755)
 
 
+def processes_rss(container: str) -> int:
+    """The resident set of every process left in the container (the front door and tini once
+    the models are unloaded), from `docker top`, in bytes."""
+    out = subprocess.run([DOCKER, "top", container, "-o", "pid,rss"], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.splitlines()[1:]
+    return sum(int(line.split()[1]) for line in out) << 10
+
+
 def cycles(url: str, container: str, n_models: int, count: int, photo: bytes) -> list:
     memory = []
     t0 = time.monotonic()
@@ -90,9 +100,9 @@ def cycles(url: str, container: str, n_models: int, count: int, photo: bytes) ->
         assert call("DELETE", f"{url}/models/{name}")[0] == 200
         if i == 0 or (i + 1) % 100 == 0:
             time.sleep(0.5)
-            memory.append((i + 1, container_memory(DOCKER, container)))
-            print(f"cycle {i + 1}: {memory[-1][1] >> 20} MiB, {(time.monotonic() - t0) / (i + 1):.2f} s per cycle",
-                  flush=True)
+            memory.append((i + 1, container_memory(DOCKER, container), processes_rss(container)))
+            print(f"cycle {i + 1}: container {memory[-1][1] >> 20} MiB, processes' RSS {memory[-1][2] >> 20} MiB, "
+                  f"{(time.monotonic() - t0) / (i + 1):.2f} s per cycle", flush=True)
     return memory
 
 
@@ -144,9 +154,11 @@ def main():
             subprocess.run([DOCKER, "rm", "-f", rt_name], stdout=subprocess.DEVNULL)
             if args.cycles:
                 memory = cycles(mme, mme_name, args.models, args.cycles, photo)
-                first, last = memory[0][1], memory[-1][1]
-                print(f"memory after cycle 1: {first >> 20} MiB; after cycle {memory[-1][0]}: {last >> 20} MiB "
-                      f"({100 * (last - first) / first:+.1f}%); every 100: {[m >> 20 for _, m in memory]}")
+                for what, k in (("container memory", 1), ("processes' RSS", 2)):
+                    first, last = memory[0][k], memory[-1][k]
+                    print(f"{what} after cycle 1: {first / 2**20:.1f} MiB; after cycle {memory[-1][0]}: "
+                          f"{last / 2**20:.1f} MiB ({100 * (last - first) / first:+.1f}%); "
+                          f"every 100: {[round(m[k] / 2**20, 1) for m in memory]}")
         finally:
             for name in names:
                 subprocess.run([DOCKER, "rm", "-f", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
