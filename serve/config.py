@@ -237,21 +237,33 @@ def memory_limit() -> int | None:
 
 
 def memory_in_use() -> int | None:
-    """Bytes this container uses now, as the OOM killer counts them: the cgroup's usage less
-    its inactive page cache (v2, v1), else the host's used memory."""
+    """Bytes this container holds that the kernel cannot just drop: the cgroup's usage (v2, v1)
+    less its file page cache, the part that processes map counted back in; else the host's used
+    memory. The page cache must not count: a long-lived multi-model endpoint reads model files
+    and libraries again and again, its cache grows towards the limit (the kernel drops it only
+    under pressure), and counting it would refuse loads that fit (507)."""
     v2 = _read("/sys/fs/cgroup/memory.current")
     stat = _read("/sys/fs/cgroup/memory.stat") if v2 else _read("/sys/fs/cgroup/memory/memory.stat")
     usage = v2 or _read("/sys/fs/cgroup/memory/memory.usage_in_bytes")
     if usage and usage.isdigit() and stat:
-        fields = dict(line.split()[:2] for line in stat.splitlines() if len(line.split()) >= 2)
-        inactive = fields.get("inactive_file") or fields.get("total_inactive_file") or "0"
-        return max(0, int(usage) - int(inactive))
+        return held_memory(int(usage), stat)
     meminfo = dict(line.split(":", 1) for line in (_read("/proc/meminfo") or "").splitlines() if ":" in line)
     try:
         total, available = (int(meminfo[k].split()[0]) * 1024 for k in ("MemTotal", "MemAvailable"))
     except (KeyError, ValueError):
         return None
     return total - available
+
+
+def held_memory(usage: int, stat: str) -> int:
+    """``usage`` less the droppable page cache, from a cgroup's memory.stat (v1 or v2 names)."""
+    fields = dict(line.split()[:2] for line in stat.splitlines() if len(line.split()) >= 2)
+
+    def field(*names: str) -> int:
+        return next((int(fields[n]) for n in names if fields.get(n, "").isdigit()), 0)
+    cache = field("active_file", "total_active_file") + field("inactive_file", "total_inactive_file")
+    mapped = field("file_mapped", "mapped_file", "total_mapped_file")
+    return max(0, usage - cache + mapped)
 
 
 # ---------------------------------------------------------------- the workers' share
