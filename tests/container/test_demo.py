@@ -124,12 +124,13 @@ def test_the_front_door_stays_small_and_no_jvm_runs(docker, server, serve_engine
     if serve_engine != "python":
         pytest.skip("the torchserve engine runs a JVM by design")
     name, _ = server
-    script = ("import psutil\n"
+    # this probe's own command line holds those words too: it leaves itself out
+    script = ("import os, psutil\n"
               "for p in psutil.process_iter(['cmdline', 'memory_info']):\n"
               "    c = ' '.join(p.info['cmdline'] or [])\n"
-              "    kind = 'serve' if c.endswith('bin/serve') else 'worker' if 'serve.worker' in c else "
+              "    kind = 'serve' if c.endswith('bin/serve') else 'worker' if '-m serve.worker' in c else "
               "'java' if 'java' in c else None\n"
-              "    if kind:\n"
+              "    if kind and p.pid != os.getpid():\n"
               "        print(kind, p.info['memory_info'].rss >> 20)\n")
     out = subprocess.run([docker, "exec", name, "python", "-c", script], capture_output=True, text=True)
     kinds = [line.split() for line in out.stdout.splitlines()]
