@@ -150,6 +150,40 @@ def test_multi_model_contract(mme, docker):
     assert requests.post(f"{url}/models/b/invoke", data="[0]", headers=headers).json()["out"] == [100.0]
 
 
+SLOW_LOAD = """
+import time
+
+def model_fn(model_dir):
+    time.sleep(6)
+    return "slow"
+
+def transform_fn(model, body, content_type, accept):
+    return b"slow", "text/plain"
+"""
+
+
+def test_a_slow_load_never_holds_up_the_other_models(mme):
+    url, _, root = mme
+    fast = write_model(root, "fast", ADD_ONE.format(tag="fast", add=1))
+    slow = write_model(root, "slow", SLOW_LOAD)
+    assert load(url, "fast", fast)[0] == 200
+    headers = {"Content-Type": "application/json"}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(load, url, "slow", slow)
+        time.sleep(0.5)
+        latencies = []
+        while not loading.done():
+            started = time.monotonic()
+            r = requests.post(f"{url}/models/fast/invoke", data="[1]", headers=headers, timeout=30)
+            assert r.json()["out"] == [2.0]
+            latencies.append(time.monotonic() - started)
+        assert loading.result()[0] == 200
+    # the load takes over 6 s (a worker starts, then model_fn sleeps); the other model answers
+    # all along, each request well under that
+    assert len(latencies) > 10 and max(latencies) < 2.0, latencies
+    assert requests.post(f"{url}/models/slow/invoke", data="x", headers=headers).text == "slow"
+
+
 def test_unloading_gives_the_memory_back(mme, docker):
     url, container, root = mme
     models = [write_model(root, f"m{i}", classifier=True) for i in range(3)]
