@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import requests
 
-from support.containers import classifier_model_dir, container_memory, logs_of, wait_healthy
+from support.containers import SLOW_LOAD_INFERENCE, classifier_model_dir, container_memory, logs_of, wait_healthy
 
 PHOTOS = Path(__file__).resolve().parents[2] / "samples" / "photos"
 
@@ -150,22 +150,10 @@ def test_multi_model_contract(mme, docker):
     assert requests.post(f"{url}/models/b/invoke", data="[0]", headers=headers).json()["out"] == [100.0]
 
 
-SLOW_LOAD = """
-import time
-
-def model_fn(model_dir):
-    time.sleep(6)
-    return "slow"
-
-def transform_fn(model, body, content_type, accept):
-    return b"slow", "text/plain"
-"""
-
-
 def test_a_slow_load_never_holds_up_the_other_models(mme):
     url, _, root = mme
     fast = write_model(root, "fast", ADD_ONE.format(tag="fast", add=1))
-    slow = write_model(root, "slow", SLOW_LOAD)
+    slow = write_model(root, "slow", SLOW_LOAD_INFERENCE.format(seconds=6))
     assert load(url, "fast", fast)[0] == 200
     headers = {"Content-Type": "application/json"}
     with concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -17,6 +17,19 @@ def run_in(docker, image, *cmd, user=None, entrypoint=None, env=None, timeout=30
 
 
 # ---------------------------------------------------------------- serving
+# A user's code/inference.py whose model_fn takes {seconds} s: a multi-model load in flight.
+SLOW_LOAD_INFERENCE = """
+import time
+
+def model_fn(model_dir):
+    time.sleep({seconds})
+    return "slow"
+
+def transform_fn(model, body, content_type, accept):
+    return b"slow", "text/plain"
+"""
+
+
 def classifier_model_dir(path, classes=("brick", "grass", "gravel"), size=64, arch="resnet18", seed=0):
     """A built-in image-classifier artifact (model.pt, model.json, code/inference.py),
     as the trainer exports it, with random weights: small enough for a 2-core machine."""

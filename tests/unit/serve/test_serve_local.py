@@ -21,6 +21,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from support.containers import SLOW_LOAD_INFERENCE
 from support.serving import CLASSES, USER_MODEL_FN
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -539,21 +540,9 @@ def test_a_model_whose_model_fn_raises_fails_alone_with_its_reason(mme, tmp_path
     assert code == 404 and "no model to load" in body["message"]
 
 
-SLOW_LOAD = """
-import time
-
-def model_fn(model_dir):
-    time.sleep(4)
-    return "slow"
-
-def transform_fn(model, body, content_type, accept):
-    return b"slow", "text/plain"
-"""
-
-
 def test_loading_a_model_never_holds_up_the_others(mme, tmp_path):
     model_with_code(tmp_path / "fast", ANSWER_WITH.format(answer="fast"))
-    model_with_code(tmp_path / "slow", SLOW_LOAD)
+    model_with_code(tmp_path / "slow", SLOW_LOAD_INFERENCE.format(seconds=4))
     assert load(mme, "fast", tmp_path / "fast")[0] == 200
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         loading = pool.submit(load, mme, "slow", tmp_path / "slow")
