@@ -14,6 +14,7 @@ import argparse
 import io
 import json
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -22,36 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from support.containers import SUM_NPY_INFERENCE, wait_healthy  # noqa: E402
+
 DOCKER = "/usr/bin/docker"
-SUM_NPY = """
-import io, json
-import numpy as np
-
-def model_fn(model_dir):
-    return None
-
-def input_fn(body, content_type):
-    return np.load(io.BytesIO(body), allow_pickle=False)
-
-def predict_fn(data, model):
-    return {"shape": list(data.shape), "sum": float(data.sum(dtype=np.float64))}
-
-def output_fn(prediction, accept):
-    return json.dumps(prediction), "application/json"
-"""
 PEAK = ("cat /sys/fs/cgroup/memory.peak 2>/dev/null || cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes")
-
-
-def wait_ping(url: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/ping", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(url)
 
 
 def run(image: str, engine: str, megabytes: int, memory: str, model_dir: Path, port: int) -> dict:
@@ -67,7 +45,7 @@ def run(image: str, engine: str, megabytes: int, memory: str, model_dir: Path, p
                    check=True, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ping(url)
+        wait_healthy(DOCKER, name, url, timeout=300)
         t0 = time.monotonic()
         request = urllib.request.Request(url + "/invocations", data=body, headers={"Content-Type": "application/x-npy"})
         try:
@@ -101,7 +79,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="byoc-payload-") as tmp:
         model = Path(tmp) / "model"
         (model / "code").mkdir(parents=True)
-        (model / "code" / "inference.py").write_text(SUM_NPY)
+        (model / "code" / "inference.py").write_text(SUM_NPY_INFERENCE)
         for p in [Path(tmp), model, model / "code", model / "code" / "inference.py"]:
             p.chmod(0o755 if p.is_dir() else 0o644)
         print("| engine | body | --memory | status | seconds | right answer | peak memory | OOM-killed |")

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from support.containers import classifier_model_dir, container_memory  # noqa: E402
+from support.containers import classifier_model_dir, container_memory, wait_healthy  # noqa: E402
 
 DOCKER = "/usr/bin/docker"
 PHOTO = HERE.parent / "samples" / "photos" / "brick.jpg"
@@ -43,18 +43,6 @@ def call(method: str, url: str, body: bytes = None, ctype: str = "application/js
         return response.status, response.read()
 
 
-def wait_ping(url: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if call("GET", url + "/ping")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
-
-
 def start(name: str, port: int, mounts: list, env: dict) -> str:
     args = [DOCKER, "run", "-d", "--name", name, "--cpus", "2", "-p", f"127.0.0.1:{port}:8080"]
     for src, dst in mounts:
@@ -63,7 +51,7 @@ def start(name: str, port: int, mounts: list, env: dict) -> str:
         args += ["-e", f"{k}={v}"]
     subprocess.run(args + ["pytorch-byoc-serve:cpu"], check=True, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    wait_ping(url)
+    wait_healthy(DOCKER, name, url, timeout=300)
     return url
 
 

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import requests
 
-from support.containers import SLOW_LOAD_INFERENCE, classifier_model_dir, container_memory, logs_of, wait_healthy
+from support.containers import (SLOW_LOAD_INFERENCE, SUM_NPY_INFERENCE, classifier_model_dir, container_memory, logs_of,
+                                wait_healthy)
 
 PHOTOS = Path(__file__).resolve().parents[2] / "samples" / "photos"
 
@@ -260,30 +261,11 @@ def test_serverless_size_one_cpu_two_gb_concurrency_4_for_a_minute(docker, serve
 
 
 # ---------------------------------------------------------------- asynchronous inference
-SUM_NPY = """
-import io
-import numpy as np
-
-def model_fn(model_dir):
-    return None
-
-def input_fn(body, content_type):
-    return np.load(io.BytesIO(body), allow_pickle=False)
-
-def predict_fn(data, model):
-    return {"shape": list(data.shape), "sum": float(data.sum(dtype=np.float64))}
-
-def output_fn(prediction, accept):
-    import json
-    return json.dumps(prediction), "application/json"
-"""
-
-
 @pytest.mark.large_payload
 def test_a_400_mb_npy_body_gets_its_answer_under_3_gb(docker, serve_image, tmp_path, free_port):
     model = tmp_path / "model"
     (model / "code").mkdir(parents=True)
-    (model / "code" / "inference.py").write_text(SUM_NPY)
+    (model / "code" / "inference.py").write_text(SUM_NPY_INFERENCE)
     for p in [model, *model.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     data = np.arange(100 * 1024 * 1024, dtype=np.float32) % 7   # 400 MiB

@@ -17,6 +17,26 @@ def run_in(docker, image, *cmd, user=None, entrypoint=None, env=None, timeout=30
 
 
 # ---------------------------------------------------------------- serving
+# A user's code/inference.py that answers an npy body's shape and exact sum: a large body's
+# answer checked without sending it back (asynchronous inference's sizes).
+SUM_NPY_INFERENCE = """
+import io
+import json
+import numpy as np
+
+def model_fn(model_dir):
+    return None
+
+def input_fn(body, content_type):
+    return np.load(io.BytesIO(body), allow_pickle=False)
+
+def predict_fn(data, model):
+    return {"shape": list(data.shape), "sum": float(data.sum(dtype=np.float64))}
+
+def output_fn(prediction, accept):
+    return json.dumps(prediction), "application/json"
+"""
+
 # A user's code/inference.py whose model_fn takes {seconds} s: a multi-model load in flight.
 SLOW_LOAD_INFERENCE = """
 import time
