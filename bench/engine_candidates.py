@@ -188,7 +188,6 @@ def litserve_part(args, model_dir: Path, bodies: list) -> None:
     prefix = f"byoc-cand-{os.getpid()}"
     stacks = ["ours", "litserve"]
     urls = {s: f"http://127.0.0.1:{args.port + i}" for i, s in enumerate(stacks)}
-    results = {}
     try:
         serve_compare.start(f"{prefix}-ours", args.base, model_dir, args.port, args.cpus, {})
         start_litserve(f"{prefix}-litserve", model_dir, args.port + 1, args.cpus, litserve_env)
@@ -196,17 +195,9 @@ def litserve_part(args, model_dir: Path, bodies: list) -> None:
             serve_compare.wait_answering(f"{prefix}-{stack}", urls[stack], bodies[0], 300)
         print(f"\nload: --cpus {args.cpus}, {len(bodies)} real JPEGs, requests per level "
               f"{dict(zip(args.concurrency, counts))}, {args.rounds} rounds interleaved")
-        print(f"{'round':>5} {'stack':>9} {'conc':>5} {'ok':>6} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-        for r in range(1, args.rounds + 1):
-            for stack in stacks:
-                serve_compare.only_running(prefix, stacks, stack)
-                serve_load.run(urls[stack], bodies, args.warmup, 1, 60)
-                for c, n in zip(args.concurrency, counts):
-                    row = serve_load.run(urls[stack], bodies, n, c, args.max_seconds)
-                    results.setdefault((stack, c), []).append(row)
-                    ok, errors, rps, p50, p99 = row
-                    print(f"{r:>5} {stack:>9} {c:>5} {ok:>6} {errors:>6} {rps:>8.1f} {p50:>8.1f} {p99:>8.1f}  {load()}",
-                          flush=True)
+        # no concurrent warm-up at the top level here: these figures were measured without one
+        results = serve_compare.measure_rounds(prefix, stacks, urls, bodies, counts, args, warm_at_top=False,
+                                               note=load)
         if args.batch_trials:
             print("\none corrupt JPEG among good ones, sent together (statuses over all trials):")
         for stack in stacks if args.batch_trials else []:

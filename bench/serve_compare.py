@@ -266,7 +266,6 @@ def main():
 
     bodies = real_jpegs()
     prefix = f"byoc-cmp-{os.getpid()}"
-    results = {}  # (stack, concurrency) -> [(ok, errors, rps, p50, p99), ...]
     with tempfile.TemporaryDirectory(prefix="byoc-cmp-") as tmp:
         dirs = (build_model_dirs if args.model == "resnet18" else build_lite0_dir)(Path(tmp))
         setup = {"ours": (args.ours, dirs["workshop"], {}), "aws": (args.aws, dirs["workshop"], {}),
@@ -298,21 +297,7 @@ def main():
                 ready = wait_answering(f"{prefix}-{stack}", urls[stack], bodies[0], 600)
                 print(f"{stack}: first prediction {ready:.0f} s after the wait began", flush=True)
             print(f"model {args.model}; {len(bodies)} real JPEG photos; requests per level {dict(zip(args.concurrency, counts))}")
-            print(f"{'round':>5} {'stack':>9} {'conc':>5} {'ok':>6} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-            for r in range(1, args.rounds + 1):
-                for stack in args.stacks:
-                    only_running(prefix, args.stacks, stack)
-                    serve_load.run(urls[stack], bodies, args.warmup, 1, 60)
-                    # and concurrently: a server's one-time work per batch size (our proofs) is not
-                    # what a level measures
-                    top = max(args.concurrency)
-                    serve_load.run(urls[stack], bodies, 2 * top, top, 120)
-                    for c, n in zip(args.concurrency, counts):
-                        row = serve_load.run(urls[stack], bodies, n, c, args.max_seconds)
-                        results.setdefault((stack, c), []).append(row)
-                        ok, errors, rps, p50, p99 = row
-                        print(f"{r:>5} {stack:>9} {c:>5} {ok:>6} {errors:>6} {rps:>8.1f} {p50:>8.1f} {p99:>8.1f}",
-                              flush=True)
+            results = measure_rounds(prefix, args.stacks, urls, bodies, counts, args)
             only_running(prefix, args.stacks, None)
             measure_raw("after (servers paused)")
             only_running(prefix, args.stacks, "")
@@ -341,6 +326,31 @@ def main():
                   f"{mean:.1f} ({min(rps):.1f}-{max(rps):.1f}) | {statistics.mean(row[3] for row in rows):.1f} | "
                   f"{statistics.mean(row[4] for row in rows):.1f} | {mean / raw:.0%} |")
     print_ratios(results, args.concurrency)
+
+
+def measure_rounds(prefix: str, stacks: list[str], urls: dict, bodies: list, counts: list, args,
+                   warm_at_top: bool = True, note=lambda: "") -> dict:
+    """The interleaved rounds: each stack in turn alone on the machine (the others paused),
+    warmed up, then every concurrency level of ``args``; a row per level, with ``note()`` after
+    it. Returns (stack, concurrency) -> [(ok, errors, rps, p50, p99), ...]."""
+    results = {}
+    print(f"{'round':>5} {'stack':>9} {'conc':>5} {'ok':>6} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for r in range(1, args.rounds + 1):
+        for stack in stacks:
+            only_running(prefix, stacks, stack)
+            serve_load.run(urls[stack], bodies, args.warmup, 1, 60)
+            if warm_at_top:
+                # and concurrently: a server's one-time work per batch size (our proofs) is not
+                # what a level measures
+                top = max(args.concurrency)
+                serve_load.run(urls[stack], bodies, 2 * top, top, 120)
+            for c, n in zip(args.concurrency, counts):
+                row = serve_load.run(urls[stack], bodies, n, c, args.max_seconds)
+                results.setdefault((stack, c), []).append(row)
+                ok, errors, rps, p50, p99 = row
+                print(f"{r:>5} {stack:>9} {c:>5} {ok:>6} {errors:>6} {rps:>8.1f} {p50:>8.1f} {p99:>8.1f}  "
+                      f"{note()}".rstrip(), flush=True)
+    return results
 
 
 def print_ratios(results: dict, levels: list[int]) -> None:
