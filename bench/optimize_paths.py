@@ -695,37 +695,25 @@ def main():
     rows = bench_models(R, args, emit)
     alone = [r for r in rows if not r.get("steady")]
     together = [r for r in rows if r.get("steady")]
+    def section(title, lines):
+        emit("")
+        emit(f"## {title}")
+        emit("")
+        for ln in lines:
+            emit(ln)
+
     if alone:
-        emit("")
-        emit(f"## Paths, each in its own process (median ms per call; load average now {load_avg()})")
-        emit("")
-        for ln in main_table(alone):
-            emit(ln)
+        section(f"Paths, each in its own process (median ms per call; load average now {load_avg()})",
+                main_table(alone))
     if together:
-        emit("")
-        emit(f"## Steady state: all paths in one process per thread count, interleaved "
-             f"(load average now {load_avg()})")
-        emit("")
-        for ln in main_table(together):
-            emit(ln)
+        section(f"Steady state: all paths in one process per thread count, interleaved "
+                f"(load average now {load_avg()})", main_table(together))
     if "compiler" not in skip:
-        emit("")
-        emit("## What runs without a compiler / without Python.h")
-        emit("")
-        for ln in compiler_checks(R, args):
-            emit(ln)
+        section("What runs without a compiler / without Python.h", compiler_checks(R, args))
     if "isa" not in skip:
-        emit("")
-        emit("## CPU instruction sets")
-        emit("")
-        for ln in isa_checks(R, args):
-            emit(ln)
+        section("CPU instruction sets", isa_checks(R, args))
     if "toolchain" not in skip:
-        emit("")
-        emit("## A C++ toolchain in a Debian bookworm image")
-        emit("")
-        for ln in toolchain_size(args):
-            emit(ln)
+        section("A C++ toolchain in a Debian bookworm image", toolchain_size(args))
     emit("")
     emit(f"Total wall time {time.perf_counter() - t_all:.0f} s; load average at end "
          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
