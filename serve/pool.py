@@ -154,35 +154,43 @@ class PythonEngine(Engine):
             return {}
         return {"PYTHONPATH": os.pathsep.join(p for p in (installed, self.env.get("PYTHONPATH")) if p)}
 
+    def _room(self, model: ServedModel) -> tuple[int, int, int] | None:
+        """(what one worker of ``model`` needs, what the container has free, the model's weights)
+        in bytes; None where the container's memory is not known. A worker needs its own memory
+        (measured on the workers running, else WORKER_BASE_BYTES) and three times its weights
+        (loaded, the private copy its proof makes, the frozen graph)."""
+        limit, used = self.cfg.memory_bytes, memory_in_use()
+        if not limit or used is None:
+            return None
+        weights = artifact.weights_size(model.model_dir)
+        return self._worker_base() + 3 * weights, limit - used - MEMORY_RESERVE_BYTES, weights
+
     def _fit_workers(self, model: ServedModel) -> int:
         """The real-time model's workers: the default count, less what the container's memory
         cannot hold (a serverless endpoint of 1-6 GB sizes itself; one always starts)."""
         count = self.cfg.workers
-        limit, used = self.cfg.memory_bytes, memory_in_use()
-        if self.cfg.workers_set or not limit or used is None:
+        room = None if self.cfg.workers_set else self._room(model)
+        if room is None:
             return count
-        per_worker = self._worker_base() + 3 * artifact.weights_size(model.model_dir)
-        fits = max(1, (limit - used - MEMORY_RESERVE_BYTES) // per_worker)
+        per_worker, free, _ = room
+        fits = max(1, free // per_worker)
         if fits < count:
-            logger.info("%d worker(s) instead of %d: each needs about %d MiB and the container has %d MiB left",
-                        fits, count, per_worker >> 20, (limit - used) >> 20)
+            logger.info("%d worker(s) instead of %d: each needs about %d MiB and the container has %d MiB free",
+                        fits, count, per_worker >> 20, max(0, free) >> 20)
         return int(min(count, fits))
 
     def _check_memory(self, model: ServedModel) -> None:
-        """507 unless the model's workers fit in what the container has left: each needs a
-        worker's own memory (measured on the workers running, else WORKER_BASE_BYTES) and
-        three times its weights (loaded, the private copy its proof makes, the frozen graph)."""
-        limit, used = self.cfg.memory_bytes, memory_in_use()
-        if not limit or used is None:
+        """507 unless the model's workers fit in what the container has left (``_room``)."""
+        room = self._room(model)
+        if room is None:
             return
-        weights = artifact.weights_size(model.model_dir)
-        need = self.cfg.model_workers * (self._worker_base() + 3 * weights)
-        free = limit - used - MEMORY_RESERVE_BYTES
+        per_worker, free, weights = room
+        need = self.cfg.model_workers * per_worker
         if need > free:
             raise InsufficientMemory(
                 f"model {model.name!r} needs about {need >> 20} MiB ({self.cfg.model_workers} worker(s), "
                 f"{weights >> 20} MiB of weights) and {max(0, free) >> 20} MiB of the container's "
-                f"{limit >> 20} MiB are free: unload a model first")
+                f"{self.cfg.memory_bytes >> 20} MiB are free: unload a model first")
 
     def _worker_base(self) -> int:
         """A worker's memory without its model's weights: the smallest measured, else a default."""
