@@ -87,7 +87,7 @@ class HandlerService:
         logger.info("model loaded in %.1f s", time.monotonic() - start)
         _warn_if_training(self.model, self.fns)
         self.forward = optimize.optimize(self.model, graph=self.settings.optimize_model,
-                                         merge=self.settings.merge_calls)
+                                         merge=self.settings.merge_calls, batch_size=props.get("batch_size") or 1)
         self.initialized = True
 
     # ------------------------------------------------------------ per batch

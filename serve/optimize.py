@@ -22,16 +22,20 @@ so that nothing it runs touches the served one:
    reordered copies (equal inputs prove nothing: a model that scales by the batch's largest
    value answers a batch of equal inputs as it answers each alone).
 
-A batch size is proven for merging the first time calls of that many requests meet: they
-run one at a time (the answers are the model's own), and after the reply the batch is
-rebuilt from their inputs and distinct companions, run in two orders, and every row is
-compared with that input's answer alone. A model whose samples affect each other never
-merges. With ``on`` the proof is skipped (the user vouches); with ``off`` nothing merges
-and predict_fn calls run one after another on the worker's thread.
+Merging is proven the first time calls of several requests meet: they run one at a time
+(the answers are the model's own), and after the reply a batch is rebuilt from their inputs
+and distinct companions, run in two orders, and every row is compared with that input's
+answer alone; so is the graph at that batch size. Every batch size up to the worker's (at
+most PROVE_AHEAD) is proven then, at once: a batch size first seen later, under load, would
+otherwise stall its worker for a second while the queue grows behind it. A model whose
+samples affect each other never merges. With ``on`` the proof is skipped (the user vouches);
+with ``off`` nothing merges and predict_fn calls run one after another on the worker's thread.
 
-Checked again: the first RECHECK_FIRST merged batches and graph answers, then one in
-RECHECK_EVERY, are run again one input at a time through the user's forward, after the
-reply. One mismatch turns that optimisation off for good, with a warning in the log. The
+Checked again, after the reply, through the user's forward: the first RECHECK_FIRST merged
+batches and graph answers whole; then one graph answer in RECHECK_EVERY, and one row of
+a merged batch in RECHECK_ROW_EVERY (its rows in turn: the same rows per batch as a whole
+batch every RECHECK_EVERY at the CPU batch size of 4, but a stall of one forward at a time).
+One mismatch turns that optimisation off for good, with a warning in the log. The
 graph is also dropped as soon as the model's weights or settings change (a predict_fn that
 updates the weights: the graph holds its own copy of them), seen from a fingerprint of
 every parameter's and buffer's storage and version and every module's plain attributes.
@@ -61,14 +65,17 @@ RTOL = 1e-3
 MIN_SPEEDUP = 1.05   # the graph must beat the user's forward by 5% to be kept
 TIMING_ROUNDS = 3    # interleaved timings of each candidate on the first input
 RECHECK_FIRST = 8    # the first merged batches and graph answers are all checked again ...
-RECHECK_EVERY = 64   # ... then one in RECHECK_EVERY (each costs a batch's inputs run alone)
+RECHECK_EVERY = 64   # ... then one graph answer in RECHECK_EVERY (its input run again whole) ...
+RECHECK_ROW_EVERY = 16   # ... and one row of a merged batch in RECHECK_ROW_EVERY (one input alone)
+PROVE_AHEAD = 8      # batch sizes up to this are proven together; a larger one when it first comes
 DEPRECATION_NOTE = ("the frozen graph uses TorchScript (torch.jit.trace/freeze), deprecated upstream: "
                     "its FutureWarning is silenced here; README 'Off TorchScript' says what replaces it")
 
 
-def optimize(model, *, graph: bool = True, merge: str = "auto") -> "ModelForward | None":
+def optimize(model, *, graph: bool = True, merge: str = "auto", batch_size: int = 1) -> "ModelForward | None":
     """Wrap ``model.forward``; None (and the model untouched) when it is not a plain
-    torch.nn.Module or when both optimisations are off."""
+    torch.nn.Module or when both optimisations are off. ``batch_size``: the most requests
+    the worker gets at once (the batch sizes to prove)."""
     import torch
 
     if not graph and merge == "off":
@@ -83,7 +90,7 @@ def optimize(model, *, graph: bool = True, merge: str = "auto") -> "ModelForward
     if "forward" in vars(model):
         logger.info("model not optimised: its forward is set on the instance")
         return None
-    model.forward = ModelForward(model, graph=graph, merge=merge)
+    model.forward = ModelForward(model, graph=graph, merge=merge, batch_size=batch_size)
     logger.info("model optimisation armed (frozen graph %s, merged calls %s): proven after the first answer",
                 "on" if graph else "off", merge)
     return model.forward
@@ -92,8 +99,9 @@ def optimize(model, *, graph: bool = True, merge: str = "auto") -> "ModelForward
 class ModelForward:
     """The model's forward: the user's own, the frozen graph, or merged calls, each where proven."""
 
-    def __init__(self, model, *, graph: bool = True, merge: str = "auto"):
+    def __init__(self, model, *, graph: bool = True, merge: str = "auto", batch_size: int = 1):
         self.model = model
+        self.batch_size = batch_size
         self.user_forward = type(model).forward.__get__(model)
         self.want_graph = graph
         self.merge = merge
@@ -107,7 +115,8 @@ class ModelForward:
         self.merge_off = merge == "off"
         self.pending = []         # (task, args) for after the reply: proofs and rechecks
         self.merged_once = False
-        self._uses = itertools.count()
+        self._uses = itertools.count()       # graph answers (not merged), for their rechecks
+        self._merges = itertools.count()     # merged batches, for theirs
         self._meeting = None      # the _Meeting of the predict_fn calls running together
         self._recording = None    # the model calls' inputs of a batch run in turn (for its proof)
         self._pool = None         # their threads, made on the first batch
@@ -134,7 +143,7 @@ class ModelForward:
             return out
         if self._graph_ready(x):
             out = self.frozen(x)
-            if recheck and self._recheck_due():
+            if recheck and _due(self._uses, RECHECK_EVERY):
                 self._later(self._recheck, [x.clone()], [out.clone()], "frozen graph")
             return out
         out = self.user_forward(x)
@@ -276,31 +285,37 @@ class ModelForward:
         logger.info("frozen graph %s for batch size %d", "used" if ok else "not used", n)
 
     def _prove_merge(self, inputs: list) -> None:
-        """Merging n calls: their inputs, with distinct companions in place of repeats,
-        batched in two orders; every row must equal that input's answer alone."""
-        import torch
-
-        n = len(inputs)
-        if n in self.merge_sizes or self.merge_off:
+        """Merging calls: their inputs, with distinct companions in place of repeats and added
+        up to the batch sizes to prove, batched in two orders for each number of calls not yet
+        proven (this one, and every one up to the worker's batch size, at most PROVE_AHEAD);
+        every row must equal that input's answer alone. Then the graph at that size."""
+        sizes = sorted({len(inputs), *range(2, min(self.batch_size, PROVE_AHEAD) + 1)} - set(self.merge_sizes))
+        if not sizes or self.merge_off:
             return
-        rows = _distinct_rows(inputs)
+        rows = _distinct_rows(inputs, sizes[-1])
+        sizes = [n for n in sizes if n <= len(rows)]   # an input with too few distinct companions
         alone = [_run(self.user_forward, y) for y in rows]
         if any(isinstance(a, BaseException) for a in alone):
-            logger.info("merged calls not proven for %d calls: a companion input failed alone", n)
+            logger.info("merged calls not proven for %d calls: a companion input failed alone", len(inputs))
             return   # not proven: these calls keep running one at a time
-        ok = True
-        for order in (list(range(n)), list(reversed(range(n)))):
-            batch = _run(self.user_forward, torch.cat([rows[i] for i in order]))
-            got = _split_rows(batch, n)
-            ok = ok and got is not None and all(_matches(got[k], alone[i]) for k, i in enumerate(order))
-        self.merge_sizes[n] = ok
-        if ok:
+        for n in sizes:
+            ok = self.merge_sizes[n] = _batched_rows_match(self.user_forward, rows[:n], alone)
+            if not ok:
+                self.merge_off = True
+                logger.warning("model calls not merged: run as one batch of %d distinct inputs its answers differ "
+                               "from each input's answer alone (its samples affect each other)", n)
+                return
             logger.info("merged calls proven for %d calls: every row equals its input's answer alone", n)
-            self._prove_graph_size(torch.cat(rows), batch.flip(0) if _is_float(batch) else batch)
-        else:
-            self.merge_off = True
-            logger.warning("model calls not merged: run as one batch of %d distinct inputs its answers differ "
-                           "from each input's answer alone (its samples affect each other)", n)
+            self._prove_graph_rows(rows[:n], alone[:n])
+
+    def _prove_graph_rows(self, rows: list, alone: list) -> None:
+        """The graph at batch size len(rows) (rows of distinct inputs, merging proven for them):
+        every row, in two orders, must equal that input's answer alone."""
+        n = len(rows)
+        if self.frozen is None or n in self.graph_sizes:
+            return
+        ok = self.graph_sizes[n] = _batched_rows_match(self.frozen, rows, alone)
+        logger.info("frozen graph %s for batch size %d", "used" if ok else "not used", n)
 
     def _recheck(self, inputs: list, answers: list, what: str) -> None:
         alone = [_run(self.user_forward, x) for x in inputs]
@@ -313,12 +328,8 @@ class ModelForward:
             self._drop_graph(f"a recheck found an answer that differs from the model's (max abs diff {diff:.3g})")
         else:
             self.merge_off = True
-            logger.warning("model calls no longer merged: a recheck found %d of %d merged answers that differ "
+            logger.warning("model calls no longer merged: a recheck found %d of %d merged answer(s) that differ "
                            "from the answers alone (max abs diff %.3g)", len(bad), len(inputs), diff)
-
-    def _recheck_due(self) -> bool:
-        n = next(self._uses)
-        return n < RECHECK_FIRST or n % RECHECK_EVERY == 0
 
     def _drop_graph(self, why: str) -> None:
         if self.frozen is not None:
@@ -405,8 +416,12 @@ class ModelForward:
             if not self.merged_once:
                 self.merged_once = True
                 logger.info("model calls merged: %d predict_fn calls ran as one batch", n)
-            if self._recheck_due():
+            k = next(self._merges)
+            if k < RECHECK_FIRST:
                 self._later(self._recheck, [x.clone() for x in inputs], [r.clone() for r in rows], "merged calls")
+            elif k % RECHECK_ROW_EVERY == 0:
+                i = (k // RECHECK_ROW_EVERY) % n   # each position of the batch in turn
+                self._later(self._recheck, [inputs[i].clone()], [rows[i].clone()], "merged calls")
             return rows
 
 
@@ -500,15 +515,22 @@ def distinct_inputs(x, n: int) -> list:
     return out
 
 
-def _distinct_rows(inputs: list) -> list:
-    """The inputs, each repeat replaced by a companion of the first one."""
+def _distinct_rows(inputs: list, count: int = 0) -> list:
+    """The inputs, each repeat replaced by a companion of the first one, then companions
+    added up to ``count`` rows."""
     import torch
 
-    rows, companions = [], iter(distinct_inputs(inputs[0], 2 * len(inputs) + 2)[1:])
+    count = max(count, len(inputs))
+    rows, companions = [], iter(distinct_inputs(inputs[0], 2 * count + 2)[1:])
     for x in inputs:
         if any(torch.equal(x, r) for r in rows):
             x = next((c for c in companions if not any(torch.equal(c, r) for r in rows)), x)
         rows.append(x)
+    for c in companions:
+        if len(rows) >= count:
+            break
+        if not any(torch.equal(c, r) for r in rows):
+            rows.append(c)
     return rows
 
 
@@ -562,6 +584,19 @@ def _matches(got, expected) -> bool:
     return _same_shape(got, expected) and torch.allclose(got, expected, atol=ATOL, rtol=RTOL)
 
 
+def _batched_rows_match(fn, rows: list, alone: list) -> bool:
+    """``rows`` run through ``fn`` as one batch, in their order and reversed: does every row
+    of the output equal that input's answer alone (``alone[i]`` for ``rows[i]``)?"""
+    import torch
+
+    n = len(rows)
+    for order in (list(range(n)), list(reversed(range(n)))):
+        got = _split_rows(_run(fn, torch.cat([rows[i] for i in order])), n)
+        if got is None or not all(_matches(got[k], alone[i]) for k, i in enumerate(order)):
+            return False
+    return True
+
+
 def _split_rows(out, n: int):
     """A batch's output as n rows of batch size 1; None when it has no such rows."""
     import torch
@@ -580,6 +615,12 @@ def _run(fn, x):
 
 
 _outcome = _run
+
+
+def _due(counter, every: int) -> bool:
+    """The first RECHECK_FIRST uses, then one in ``every``."""
+    n = next(counter)
+    return n < RECHECK_FIRST or n % every == 0
 
 
 def _time(fns: dict, x) -> dict:

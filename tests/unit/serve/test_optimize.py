@@ -360,6 +360,67 @@ def test_calls_run_together_give_each_its_own_answer(resnet18, monkeypatch, capl
         assert got.shape == (1, 10) and close(got, want) and torch.equal(got.argmax(1), want.argmax(1))
 
 
+def test_every_batch_size_up_to_the_workers_is_proven_with_the_first_merge(resnet18, monkeypatch):
+    """A batch size first seen under load would stall its worker while the queue grows: the
+    first calls that meet prove merging, and the graph, for every size up to the worker's."""
+    untouched = copy.deepcopy(resnet18)
+    frozen_on(resnet18, monkeypatch, "optimize_for_inference", torch.randn(1, 3, 64, 64), batch_size=4)
+    forward = resnet18.forward
+    run_together(resnet18, [torch.randn(1, 3, 64, 64) for _ in range(2)])
+    assert forward.merge_sizes == {2: True, 3: True, 4: True}
+    assert all(forward.graph_sizes.get(n) for n in (1, 2, 3, 4))
+    batches, graph = [], forward.frozen
+    forward.frozen = lambda x: batches.append(x.shape[0]) or graph(x)
+    inputs = [torch.randn(1, 3, 64, 64) for _ in range(3)]
+    got = run_together(resnet18, inputs, replies=False)
+    assert batches == [3] and forward.merged_once   # merged at once, through the graph
+    assert all(close(g, serve_like(untouched, x)) for g, x in zip(got, inputs))
+
+
+def test_a_model_whose_samples_interact_only_in_larger_batches_never_merges(monkeypatch, caplog):
+    class FromThree(torch.nn.Module):
+        """Rows independent in batches of 1 and 2; scaled by the batch's largest from 3 on."""
+
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            out = self.linear(x)
+            return out / out.abs().max() if x.shape[0] >= 3 else out
+
+    torch.manual_seed(0)
+    model = frozen_on(FromThree().eval(), monkeypatch, "freeze", torch.randn(1, 6), batch_size=4)
+    with caplog.at_level(logging.WARNING, logger="serve.optimize"):
+        run_together(model, [torch.randn(1, 6) for _ in range(2)])
+    assert model.forward.merge_off and model.forward.merge_sizes.get(3) is False
+    inputs = [torch.randn(1, 6) for _ in range(4)]
+    got = run_together(model, inputs)
+    assert all(torch.equal(g, model.forward.user_forward(x).detach()) for g, x in zip(got, inputs))
+
+
+def test_after_the_first_merged_batches_one_row_is_rechecked_each_time_in_turn(resnet18, monkeypatch, caplog):
+    """A drift in one position of the batch is found when that position's turn comes; each
+    recheck runs one input through the user's forward, not the whole batch."""
+    monkeypatch.setattr(optimize, "RECHECK_FIRST", 0)
+    monkeypatch.setattr(optimize, "RECHECK_ROW_EVERY", 1)
+    frozen_on(resnet18, monkeypatch, "freeze", torch.randn(1, 3, 64, 64), batch_size=3)
+    forward = resnet18.forward
+    run_together(resnet18, [torch.randn(1, 3, 64, 64) for _ in range(3)])   # proves 2 and 3
+    graph = forward.frozen
+    forward.frozen = lambda x: graph(x) + torch.arange(x.shape[0]).eq(2).float().unsqueeze(1)   # row 2 drifts
+    rechecked = []
+    user_forward = forward.user_forward
+    monkeypatch.setattr(forward, "user_forward", lambda x: rechecked.append(x.shape[0]) or user_forward(x))
+    with caplog.at_level(logging.WARNING, logger="serve.optimize"):
+        for turn in range(3):
+            assert not forward.merge_off
+            rechecked.clear()
+            run_together(resnet18, [torch.randn(1, 3, 64, 64) for _ in range(3)])
+            assert rechecked == [1]   # one input alone per batch
+    assert forward.merge_off and "no longer merged" in caplog.text   # found at row 2's turn
+
+
 def test_merging_is_proven_on_distinct_inputs_even_when_the_batch_repeats_one(resnet18, monkeypatch):
     frozen_on(resnet18, monkeypatch, "freeze", torch.randn(1, 3, 64, 64))
     proofs = []
