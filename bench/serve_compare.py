@@ -21,8 +21,9 @@ Stacks, each started once on a 127.0.0.1 port:
              together; the frozen graph stays): what the CPU batch default is worth
   ours-dh    pytorch-byoc-serve:cpu with model.json and no inference.py (the default
              handler: what the built-in trainer's users get; resnet18 only)
-Rounds interleave the stacks (ours, aws, ours-dh, ours, aws, ...) so that noise from
-the shared machine hits all of them. The client is bench/serve_load.py's.
+Rounds interleave the stacks, every other round in reverse order (ours, aws, ours-dh,
+ours-dh, aws, ours, ...), so that noise and drift of the shared machine hit all of them.
+The client is bench/serve_load.py's.
 Raw model throughput: a plain torch forward of the same network (the inference.py's
 model_fn), batch 1, in the serving image under the same --cpus, with cpus threads and 1;
 share = server req/s / raw img/s. The last lines are the issue-11 ratios: ours against
@@ -330,13 +331,15 @@ def main():
 
 def measure_rounds(prefix: str, stacks: list[str], urls: dict, bodies: list, counts: list, args,
                    warm_at_top: bool = True, note=lambda: "") -> dict:
-    """The interleaved rounds: each stack in turn alone on the machine (the others paused),
-    warmed up, then every concurrency level of ``args``; a row per level, with ``note()`` after
-    it. Returns (stack, concurrency) -> [(ok, errors, rps, p50, p99), ...]."""
+    """The interleaved rounds: each stack in turn alone on the machine (the others paused;
+    every other round in reverse order), warmed up, then every concurrency level of ``args``;
+    a row per level, with ``note()`` after it. Returns (stack, concurrency) -> [(ok, errors, rps, p50, p99), ...]."""
     results = {}
     print(f"{'round':>5} {'stack':>9} {'conc':>5} {'ok':>6} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for r in range(1, args.rounds + 1):
-        for stack in stacks:
+        # every other round in reverse (ABC CBA): a machine that gets faster or slower during
+        # the run (seen here: the raw model 36 -> 49 img/s in one run) then favours no stack
+        for stack in stacks if r % 2 else stacks[::-1]:
             only_running(prefix, stacks, stack)
             serve_load.run(urls[stack], bodies, args.warmup, 1, 60)
             if warm_at_top:
