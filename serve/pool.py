@@ -37,6 +37,7 @@ RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10, 30)   # a worker that keeps dying is rest
 STOP_WAIT_S = 2.0                            # a worker's grace to exit once its socket is closed
 WORKER_BASE_BYTES = 512 << 20                # a worker with torch imported, before any is measured
 MEMORY_RESERVE_BYTES = 256 << 20             # kept free for the front door and requests in flight
+LIVE = ("idle", "busy", "proving")           # a worker's states while it holds its model
 
 
 class LoadFailed(HTTPError):
@@ -50,7 +51,7 @@ class Worker:
         self.model, self.index, self.gpu_id = model, index, gpu_id
         self.proc: asyncio.subprocess.Process | None = None
         self.reader = self.writer = None
-        self.state = "starting"          # starting -> idle <-> busy; dead
+        self.state = "starting"          # starting -> idle -> busy -> proving -> idle; dead
         self.batch: list | None = None   # [(request, future)] in the worker now
         self.batch_id = 0
         self.timer: asyncio.TimerHandle | None = None
@@ -198,7 +199,7 @@ class PythonEngine(Engine):
         for model in self.served.values():
             weights = artifact.weights_size(model.model_dir)
             for w in model.workers:
-                rss = _anon_rss(w.proc.pid) if w.proc and w.state in ("idle", "busy") else None
+                rss = _anon_rss(w.proc.pid) if w.proc and w.state in LIVE else None
                 if rss:
                     measured.append(max(0, rss - weights))
         return min(measured) if measured else WORKER_BASE_BYTES
@@ -246,7 +247,7 @@ class PythonEngine(Engine):
         loop = asyncio.get_running_loop()
         start = loop.time()
         for worker in (w for m in self.served.values() for w in m.workers):
-            if worker.writer is not None and worker.state in ("idle", "busy"):
+            if worker.writer is not None and worker.state in LIVE:
                 try:
                     worker.writer.writelines(wire.encode({"op": "drain"}, []))
                 except (ConnectionError, RuntimeError):
@@ -363,6 +364,10 @@ class PythonEngine(Engine):
                 header, parts = await wire.read(worker.reader)
                 if header.get("op") == "answers" and header.get("id") == worker.batch_id:
                     self._answered(worker, header["answers"], parts)
+                elif header.get("op") == "idle" and header.get("id") == worker.batch_id \
+                        and worker.state == "proving":
+                    worker.state = "idle"   # its proofs are done: it can take the next batch
+                    self._dispatch(worker.model)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         code = await worker.proc.wait()
@@ -400,8 +405,9 @@ class PythonEngine(Engine):
                                                 body_path=answer.get("path")))
             elif answer.get("path"):
                 _unlink(answer["path"])
-        worker.state = "idle"
-        self._dispatch(worker.model)
+        # it runs its proofs (serve/optimize.py) now and says "idle" after: no batch goes
+        # to it meanwhile, so that no batch's timeout counts them
+        worker.state = "proving"
         self._settle(worker.model)
 
     def _timed_out(self, worker: Worker, batch_id: int) -> None:
@@ -420,7 +426,7 @@ class PythonEngine(Engine):
         self._settle(worker.model)
 
     def _model_ready(self, model: ServedModel) -> None:
-        if not any(w.state in ("idle", "busy") for w in model.workers):
+        if not any(w.state in LIVE for w in model.workers):
             model.ready.clear()
 
     # ------------------------------------------------------------ batching

@@ -6,8 +6,9 @@ the front door (serve/pool.py) sends over its socket.
 It reports ``ready`` once model_fn has returned (or ``failed`` with the reason, and exits 1),
 then answers each ``batch`` with one answer per request, in order: serve/handler.py runs the
 SageMaker functions and gives each request its own output or error. After the answers have
-gone it runs what the optimisation left for later (serve/optimize.py). It exits when the
-front door closes the socket. Settings come from the environment `serve` gave it
+gone it runs what the optimisation left for later (serve/optimize.py), and only then says
+``idle``: the front door sends it nothing meanwhile, so a batch's timeout never counts
+another's proofs. It exits when the front door closes the socket. Settings come from the environment `serve` gave it
 (serve/config.py, WorkerSettings).
 """
 from __future__ import annotations
@@ -77,7 +78,8 @@ def serve_batches(sock: socket.socket, service, context: WorkerContext, spool: s
                 parts.append(body)
             answers.append(answer)
         wire.send(sock, {"op": "answers", "id": header["id"], "answers": answers}, parts)
-        service.after_reply()
+        service.after_reply()   # the client has its answer: the proofs run on the worker's time, not its
+        wire.send(sock, {"op": "idle", "id": header["id"]})
 
 
 def _read_spooled(path: str) -> bytes:

@@ -1,0 +1,93 @@
+"""The python engine (serve/pool.py) with real worker processes and tiny models of user
+code, driven in-process: what it does when a model is unloaded while it loads, a worker
+proves its optimisation, dies, times out or cannot be started, and when the server stops."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import pytest
+
+from serve import pool
+from serve.config import ServeConfig
+from serve.engine import InferRequest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+ECHO = """
+def model_fn(model_dir):
+    return "m"
+def transform_fn(model, body, content_type, accept):
+    return body, "text/plain"
+"""
+
+SLOW_LOAD = """
+import time
+def model_fn(model_dir):
+    time.sleep(3)
+    return "m"
+def transform_fn(model, body, content_type, accept):
+    return body, "text/plain"
+"""
+
+
+@pytest.fixture(autouse=True)
+def worker_path(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", REPO)   # the workers import serve.* from this checkout
+
+
+def make_model(root, name, code):
+    d = root / name
+    (d / "code").mkdir(parents=True)
+    (d / "code" / "inference.py").write_text(code)
+    return str(d)
+
+
+def make_engine(root, required=None, **env):
+    env.setdefault("SAGEMAKER_MODEL_SERVER_WORKERS", "1")
+    env.setdefault("BYOC_OPTIMIZE_MODEL", "false")
+    cfg = ServeConfig.from_env({k: str(v) for k, v in env.items()}, gpus=0, cpus=2, memory_bytes=None)
+    return pool.PythonEngine(cfg, str(root / "work"), required_model=required)
+
+
+def request(body=b"x", content_type="application/octet-stream"):
+    return InferRequest(content_type=content_type, accept=content_type, body=body, size=len(body))
+
+
+def run(coro, timeout=60):
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+SLOW_FORWARD = """
+import time, torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 4)
+    def forward(self, x):
+        time.sleep(0.12)
+        return self.lin(x)
+def model_fn(model_dir):
+    torch.manual_seed(0)
+    return Net().eval()
+"""
+
+
+def test_a_batch_s_timeout_does_not_count_the_previous_batch_s_proofs(tmp_path):
+    """The proofs after the first answer run several 120 ms forwards, more than the 1 s
+    timeout: the next request waits for them, then gets its answer, not a 504."""
+    async def check():
+        engine = make_engine(tmp_path, required="model", SAGEMAKER_MODEL_SERVER_TIMEOUT=1,
+                             BYOC_OPTIMIZE_MODEL="true", SAGEMAKER_TS_BATCH_SIZE=1)
+        d = make_model(tmp_path, "model", SLOW_FORWARD)
+        try:
+            await engine.load("model", d, d)
+            body = json.dumps([[float(i) for i in range(16)]]).encode()
+            return [(await engine.infer("model", request(body, "application/json"))).status for _ in range(3)]
+        finally:
+            await engine.stop()
+    assert run(check()) == [200, 200, 200]
