@@ -117,10 +117,12 @@ class PythonEngine(Engine):
         try:
             model.env = await self._prepare(model)
         except HTTPError as exc:
-            self.served.pop(name, None)
+            self._forget(model)
             if name == self.required_model and not self._fatal.done():
                 self._fatal.set_result(exc.message)
             raise
+        if model.unloading:   # unloaded while its requirements installed: unload() answered first_load
+            await model.first_load
         count = self._fit_workers(model) if name == self.required_model else self.cfg.model_workers
         for index in range(count):
             gpu = index % self.cfg.gpus if self.cfg.gpus else None
@@ -130,9 +132,15 @@ class PythonEngine(Engine):
         try:
             await model.first_load
         except HTTPError:
-            self.served.pop(name, None)
+            self._forget(model)
             raise
         return model.info()
+
+    def _forget(self, model: ServedModel) -> None:
+        """A failed load gives its name back, unless it is already someone else's (unloaded
+        while loading, then loaded again)."""
+        if self.served.get(model.name) is model:
+            del self.served[model.name]
 
     async def _prepare(self, model: ServedModel) -> dict:
         """The environment of the model's workers: its requirements first on their path."""
@@ -209,6 +217,9 @@ class PythonEngine(Engine):
         if model is None:
             raise NotFound(f"model {name!r} is not loaded")
         model.unloading = True
+        if not model.first_load.done():   # its load request gets an answer, not a wait for ever
+            model.first_load.set_exception(ServiceUnavailable(f"model {name!r} was unloaded while it loaded"))
+            model.first_load.exception()   # retrieved: whoever awaits it (or nobody) is fine
         for request, future, _ in model.queue:
             _answer(future, ServiceUnavailable(f"model {name!r} was unloaded"))
         model.queue.clear()
@@ -348,6 +359,9 @@ class PythonEngine(Engine):
         if header.get("op") != "ready":
             await worker.proc.wait()
             raise _LoadError(f"{header.get('error', 'Error')}: {header.get('message', '')}")
+        if self._stopping or model.unloading:   # it started after the unload stopped its model's workers
+            await self._stop_worker(worker)
+            raise _LoadError("its model was unloaded while it loaded")
         logger.info("%s ready (pid %s, model loaded in %.1f s)", worker.name, header.get("pid"),
                     header.get("load_s", 0))
         worker.loaded_once = True

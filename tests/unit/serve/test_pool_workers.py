@@ -91,3 +91,29 @@ def test_a_batch_s_timeout_does_not_count_the_previous_batch_s_proofs(tmp_path):
         finally:
             await engine.stop()
     assert run(check()) == [200, 200, 200]
+
+
+@pytest.mark.parametrize("phase", ["worker", "requirements"])
+def test_unloading_a_model_while_it_loads_answers_the_load_and_frees_the_name(tmp_path, monkeypatch, phase):
+    if phase == "requirements":   # code/requirements.txt installing: pip takes a while
+        monkeypatch.setattr(pool.requirements, "install", lambda *a: (time.sleep(1.5), None)[1])
+
+    async def check():
+        engine = make_engine(tmp_path)
+        d = make_model(tmp_path, "slow", SLOW_LOAD)
+        try:
+            load = asyncio.ensure_future(engine.load("slow", d, d))
+            await asyncio.sleep(0.5)
+            model = engine.served["slow"]
+            await engine.unload("slow")
+            with pytest.raises(pool.ServiceUnavailable, match="unloaded while it loaded"):
+                await asyncio.wait_for(load, 8)
+            await asyncio.sleep(3)   # a worker that went on loading would be ready by now
+            assert engine.models() == []
+            assert all(w.proc is None or w.proc.returncode is not None for w in model.workers)
+            e = make_model(tmp_path, "echo", ECHO)
+            await engine.load("slow", e, e)   # the name is free again
+            return (await engine.infer("slow", request(b"again"))).body
+        finally:
+            await engine.stop()
+    assert run(check()) == b"again"
