@@ -3,7 +3,8 @@
 It owns SageMaker's HTTP contract and answers everything outside it itself, always in
 our JSON error shape ``{"error", "code", "message"}``:
 
-- ``GET /ping``: 200 once every model can answer; 503 while loading or draining;
+- ``GET /ping``: 200 once the model can answer (multi-model: while the engine runs, a
+  model loading or restarting holds up only itself); 503 while loading or draining;
 - ``POST /invocations``: the real-time model; ``GET /execution-parameters`` (Batch Transform);
 - with ``SAGEMAKER_MULTI_MODEL=true``: SageMaker's multi-model API (``GET/POST /models``,
   ``GET/DELETE /models/{name}``, ``POST /models/{name}/invoke``), when the engine offers it;

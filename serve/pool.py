@@ -243,6 +243,13 @@ class PythonEngine(Engine):
         return await future
 
     def health(self) -> tuple[bool, str]:
+        if self.required_model is None:
+            # multi-model: a model loading or restarting answers its own requests (its load
+            # waits, its invocations queue); a 503 here would take the whole instance, every
+            # other model with it, out of service
+            if self._fatal.done():
+                return False, self._fatal.result()
+            return True, ""
         waiting = [m.name for m in self.served.values() if not m.ready.is_set()]
         if waiting:
             return False, f"loading {', '.join(waiting)}"

@@ -57,3 +57,16 @@ def test_a_load_that_would_not_fit_is_507_with_the_figures(tmp_path, monkeypatch
         return refused.value
     refused = run(check())
     assert refused.status == 507 and "300 MiB of weights" in refused.message and "MiB are free" in refused.message
+
+
+def test_ping_is_healthy_while_a_multi_model_load_runs_but_not_a_real_time_one(tmp_path):
+    async def check():
+        cfg = ServeConfig.from_env({}, gpus=0, cpus=2, memory_bytes=None)
+        answers = []
+        for required in (None, "model"):
+            engine = pool.PythonEngine(cfg, str(tmp_path / "work"), required_model=required)
+            engine.served["model"] = pool.ServedModel("model", str(tmp_path), str(tmp_path))   # loading
+            answers.append(engine.health())
+        return answers
+    multi, real_time = run(check())
+    assert multi == (True, "") and real_time == (False, "loading model")
