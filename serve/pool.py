@@ -20,6 +20,7 @@ import collections
 import itertools
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -47,8 +48,9 @@ class LoadFailed(HTTPError):
 class Worker:
     """One worker process and the batch it is working on."""
 
-    def __init__(self, model: "ServedModel", index: int, gpu_id: int | None):
+    def __init__(self, model: "ServedModel", index: int, gpu_id: int | None, spool: str):
         self.model, self.index, self.gpu_id = model, index, gpu_id
+        self.spool = spool               # its own: what a dead process of it left there is deleted
         self.proc: asyncio.subprocess.Process | None = None
         self.reader = self.writer = None
         self.state = "starting"          # starting -> idle -> busy -> proving -> idle; dead
@@ -126,7 +128,7 @@ class PythonEngine(Engine):
         count = self._fit_workers(model) if name == self.required_model else self.cfg.model_workers
         for index in range(count):
             gpu = index % self.cfg.gpus if self.cfg.gpus else None
-            worker = Worker(model, index, gpu)
+            worker = Worker(model, index, gpu, os.path.join(self.spool, f"worker-{next(self._ids)}"))
             model.workers.append(worker)
             asyncio.ensure_future(self._run_worker(worker))
         try:
@@ -297,6 +299,12 @@ class PythonEngine(Engine):
 
     # ------------------------------------------------------------ workers
     async def _run_worker(self, worker: Worker) -> None:
+        try:
+            await self._keep_running(worker)
+        finally:   # its process has exited: what it left in its spool is nobody's
+            shutil.rmtree(worker.spool, ignore_errors=True)
+
+    async def _keep_running(self, worker: Worker) -> None:
         """Start the worker and keep it running: started again whenever it dies, until
         its model is unloaded or the engine stops. A model that no worker could load
         fails (its load request gets the reason; a real-time endpoint stops)."""
@@ -340,10 +348,13 @@ class PythonEngine(Engine):
         ours, theirs = socket.socketpair()
         args = [sys.executable, "-m", "serve.worker", "--fd", str(theirs.fileno()), "--model-dir", model.model_dir,
                 "--model-name", model.name, "--index", str(worker.index), "--batch-size", str(self.cfg.batch_size),
-                "--spool", self.spool]
+                "--spool", worker.spool]
         if worker.gpu_id is not None:
             args += ["--gpu-id", str(worker.gpu_id)]
         worker.state, worker.reason = "starting", ""
+        # the answers a process before it wrote and nobody took (killed while writing one)
+        shutil.rmtree(worker.spool, ignore_errors=True)
+        os.makedirs(worker.spool, exist_ok=True)
         try:
             # Own session: a Ctrl-C or a signal to `serve`'s group is for `serve`, which
             # decides when its workers stop (after the drain).
@@ -383,8 +394,13 @@ class PythonEngine(Engine):
         try:
             while True:
                 header, parts = await wire.read(worker.reader)
-                if header.get("op") == "answers" and header.get("id") == worker.batch_id:
-                    self._answered(worker, header["answers"], parts)
+                if header.get("op") == "answers":
+                    if worker.state == "busy" and header.get("id") == worker.batch_id:
+                        self._answered(worker, header["answers"], parts)
+                    else:   # too late: its batch timed out, and the worker is being killed
+                        for answer in header.get("answers", []):
+                            if answer.get("path"):
+                                _unlink(answer["path"])
                 elif header.get("op") == "idle" and header.get("id") == worker.batch_id \
                         and worker.state == "proving":
                     worker.state = "idle"   # its proofs are done: it can take the next batch

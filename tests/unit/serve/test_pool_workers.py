@@ -117,3 +117,76 @@ def test_unloading_a_model_while_it_loads_answers_the_load_and_frees_the_name(tm
         finally:
             await engine.stop()
     assert run(check()) == b"again"
+
+
+LARGE_LATE = """
+import time
+def model_fn(model_dir):
+    return "m"
+def transform_fn(model, body, content_type, accept):
+    if body == b"slow":
+        time.sleep(1.3)
+        return b"x" * (9 << 20), "application/octet-stream"   # a large answer: a spooled file
+    return body, "application/octet-stream"
+"""
+
+
+def spooled(engine):
+    return [os.path.join(d, f) for d, _, files in os.walk(engine.spool) for f in files]
+
+
+def test_an_answer_that_comes_after_its_timeout_is_dropped_with_its_file(tmp_path):
+    """The answer (1.3 s) and the timeout (1 s) are both due when the loop wakes: the
+    request queued behind gets a fresh worker, not the one being killed, and the late
+    answer's file is deleted."""
+    async def check():
+        engine = make_engine(tmp_path, required="model", SAGEMAKER_MODEL_SERVER_TIMEOUT=1,
+                             SAGEMAKER_TS_BATCH_SIZE=1, SAGEMAKER_TS_MAX_BATCH_DELAY=0)
+        d = make_model(tmp_path, "model", LARGE_LATE)
+        try:
+            await engine.load("model", d, d)
+            slow = asyncio.ensure_future(engine.infer("model", request(b"slow")))
+            await asyncio.sleep(0.1)
+            quick = asyncio.ensure_future(engine.infer("model", request(b"quick")))   # queued behind it
+            await asyncio.sleep(0.1)
+            time.sleep(1.5)   # the loop busy: both the answer and the timer are due
+            answers = [(await slow).status, (await quick).status, (await quick).body]
+            await asyncio.sleep(0.5)
+            return answers, spooled(engine)
+        finally:
+            await engine.stop()
+    answers, left = run(check())
+    assert answers == [504, 200, b"quick"] and left == []
+
+
+KILLED_WRITING = """
+import os, signal, sys
+def model_fn(model_dir):
+    return "m"
+def transform_fn(model, body, content_type, accept):
+    if body == b"die":   # killed while its answer file is half written
+        worker = sys.modules["__main__"]   # serve/worker.py, run with -m
+        def half(folder, data):
+            with open(os.path.join(folder, "answer-half"), "wb") as f:
+                f.write(data[:1000])
+            os.kill(os.getpid(), signal.SIGKILL)
+        worker._spool = half
+        return b"x" * (9 << 20), "application/octet-stream"
+    return body, "application/octet-stream"
+"""
+
+
+def test_a_worker_killed_while_writing_an_answer_leaves_nothing_in_the_spool(tmp_path, monkeypatch):
+    monkeypatch.setattr(pool, "RESTART_BACKOFF_S", (0.1,))
+
+    async def check():
+        engine = make_engine(tmp_path, required="model", SAGEMAKER_TS_MAX_BATCH_DELAY=0)
+        d = make_model(tmp_path, "model", KILLED_WRITING)
+        try:
+            await engine.load("model", d, d)
+            died = (await engine.infer("model", request(b"die"))).status
+            again = await engine.infer("model", request(b"again"))   # waits for the new worker
+            return died, again.body, spooled(engine)
+        finally:
+            await engine.stop()
+    assert run(check()) == (503, b"again", [])
