@@ -345,23 +345,29 @@ class PythonEngine(Engine):
 
     async def _spawn(self, worker: Worker) -> None:
         model = worker.model
-        ours, theirs = socket.socketpair()
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError as exc:   # out of file descriptors: a start that failed, retried
+            raise _LoadError(f"the worker process could not be started: {exc}") from None
         args = [sys.executable, "-m", "serve.worker", "--fd", str(theirs.fileno()), "--model-dir", model.model_dir,
                 "--model-name", model.name, "--index", str(worker.index), "--batch-size", str(self.cfg.batch_size),
                 "--spool", worker.spool]
         if worker.gpu_id is not None:
             args += ["--gpu-id", str(worker.gpu_id)]
         worker.state, worker.reason = "starting", ""
-        # the answers a process before it wrote and nobody took (killed while writing one)
-        shutil.rmtree(worker.spool, ignore_errors=True)
-        os.makedirs(worker.spool, exist_ok=True)
         try:
+            # the answers a process before it wrote and nobody took (killed while writing one)
+            shutil.rmtree(worker.spool, ignore_errors=True)
+            os.makedirs(worker.spool, exist_ok=True)
             # Own session: a Ctrl-C or a signal to `serve`'s group is for `serve`, which
             # decides when its workers stop (after the drain).
             worker.proc = await asyncio.create_subprocess_exec(*args, pass_fds=(theirs.fileno(),),
                                                                env={**self.env, **model.env},
                                                                stdin=asyncio.subprocess.DEVNULL,
                                                                start_new_session=True)
+        except OSError as exc:   # fork or exec failed (ENOMEM, EAGAIN): a start that failed, retried
+            ours.close()
+            raise _LoadError(f"the worker process could not be started: {exc}") from None
         finally:
             theirs.close()
         worker.reader, worker.writer = await asyncio.open_unix_connection(sock=ours, limit=2 ** 20)

@@ -4,6 +4,7 @@ proves its optimisation, dies, times out or cannot be started, and when the serv
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import time
@@ -190,3 +191,38 @@ def test_a_worker_killed_while_writing_an_answer_leaves_nothing_in_the_spool(tmp
         finally:
             await engine.stop()
     assert run(check()) == (503, b"again", [])
+
+
+DIES = """
+import os
+def model_fn(model_dir):
+    return "m"
+def transform_fn(model, body, content_type, accept):
+    if body == b"die":
+        os.kill(os.getpid(), 9)
+    return body, "application/octet-stream"
+"""
+
+
+def test_a_worker_whose_restart_cannot_fork_is_started_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(pool, "RESTART_BACKOFF_S", (0.1,))
+
+    async def check():
+        engine = make_engine(tmp_path, required="model", SAGEMAKER_TS_MAX_BATCH_DELAY=0)
+        d = make_model(tmp_path, "model", DIES)
+        try:
+            await engine.load("model", d, d)
+            real, calls = asyncio.create_subprocess_exec, []
+
+            async def flaky(*args, **kwargs):   # fork under memory pressure: ENOMEM, once
+                calls.append(1)
+                if len(calls) == 1:
+                    raise OSError(errno.ENOMEM, "Cannot allocate memory")
+                return await real(*args, **kwargs)
+            monkeypatch.setattr(asyncio, "create_subprocess_exec", flaky)
+            died = (await engine.infer("model", request(b"die"))).status
+            later = await engine.infer("model", request(b"hello"))
+            return died, later.body, len(calls), engine.health(), engine._fatal.done()
+        finally:
+            await engine.stop()
+    assert run(check(), timeout=30) == (503, b"hello", 2, (True, ""), False)
