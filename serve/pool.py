@@ -327,12 +327,15 @@ class PythonEngine(Engine):
                 if any(w.loaded_once for w in worker.model.workers):
                     continue   # it loaded before, or loads elsewhere: a passing failure, try again
                 self._model_failed(worker.model, exc.reason)
+                # its other workers, still loading, would serve a model nobody can reach
+                await asyncio.gather(*(self._stop_worker(w) for w in worker.model.workers if w is not worker))
                 return
             attempt = 1   # it loaded: the next death restarts it after the shortest wait
             await self._serve(worker)
 
     def _model_failed(self, model: ServedModel, reason: str) -> None:
-        """No worker of ``model`` could load it."""
+        """No worker of ``model`` could load it: it is dropped, its workers stop."""
+        model.unloading = True   # none of its workers is started again
         if not model.first_load.done():
             model.first_load.set_exception(LoadFailed(f"the model failed to load: {reason}"))
             model.first_load.exception()   # retrieved: whoever awaits it (or nobody) is fine

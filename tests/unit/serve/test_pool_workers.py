@@ -226,3 +226,32 @@ def test_a_worker_whose_restart_cannot_fork_is_started_again(tmp_path, monkeypat
         finally:
             await engine.stop()
     assert run(check(), timeout=30) == (503, b"hello", 2, (True, ""), False)
+
+
+FAILS_ON_ONE = """
+import sys, time
+def model_fn(model_dir):
+    if sys.argv[sys.argv.index("--index") + 1] == "0":
+        raise MemoryError("passing failure on worker 0")
+    time.sleep(2)
+    return "m"
+def transform_fn(model, body, content_type, accept):
+    return body, "text/plain"
+"""
+
+
+def test_a_load_that_fails_on_one_worker_stops_the_others(tmp_path):
+    async def check():
+        engine = make_engine(tmp_path, SAGEMAKER_MODEL_SERVER_WORKERS=2)
+        d = make_model(tmp_path, "flaky", FAILS_ON_ONE)
+        try:
+            load = asyncio.ensure_future(engine.load("flaky", d, d))
+            await asyncio.sleep(0.1)
+            model = engine.served["flaky"]
+            with pytest.raises(pool.LoadFailed, match="passing failure"):
+                await load
+            await asyncio.sleep(3)   # worker 1 would have loaded by now
+            return engine.models(), [w.proc.returncode is not None for w in model.workers]
+        finally:
+            await engine.stop()
+    assert run(check()) == ([], [True, True])
