@@ -8,8 +8,10 @@ door's event loop, a dynamic batcher per model, no JVM.
   workers busy at that moment (a lone request gets every core, a full server one each).
 - Failures: a batch over SAGEMAKER_MODEL_SERVER_TIMEOUT gets 504 and its worker is
   replaced; a worker that dies (killed, out of memory) costs only the requests it held,
-  which get a 503 that says so, and is started again; nothing ends the container but a
-  real-time model that cannot load at all.
+  which get a 503 that says so, and is started again; while a model has no worker up
+  (restarting, failing to load again), a queued request gets a 503 after waiting
+  SAGEMAKER_MODEL_SERVER_TIMEOUT; nothing ends the container but a real-time model that
+  cannot load at all.
 - Bodies travel to the worker as bytes over a socket pair, or as a spooled file's path
   when large (serve/wire.py): the front door never holds a large body.
 """
@@ -58,7 +60,7 @@ class Worker:
         self.batch_id = 0
         self.timer: asyncio.TimerHandle | None = None
         self.loaded_once = False
-        self.reason = ""                 # why it is dead
+        self.reason = ""                 # why it last died or failed to start
 
     @property
     def name(self) -> str:
@@ -73,6 +75,8 @@ class ServedModel:
         self.workers: list[Worker] = []
         self.queue: collections.deque = collections.deque()   # (request, future, arrived)
         self.delay_timer: asyncio.TimerHandle | None = None
+        self.deadline_timer: asyncio.TimerHandle | None = None   # for the oldest queued request
+        self.down_since = time.monotonic()   # when it last had no worker holding it (loading, restarting)
         self.ready = asyncio.Event()       # a worker can answer
         self.first_load: asyncio.Future = asyncio.get_running_loop().create_future()
         self.unloading = False
@@ -242,6 +246,7 @@ class PythonEngine(Engine):
         model.queue.append((request, future, time.monotonic()))
         self._idle.clear()
         self._dispatch(model)
+        self._arm_deadline(model)
         return await future
 
     def health(self) -> tuple[bool, str]:
@@ -357,7 +362,7 @@ class PythonEngine(Engine):
                 "--spool", worker.spool]
         if worker.gpu_id is not None:
             args += ["--gpu-id", str(worker.gpu_id)]
-        worker.state, worker.reason = "starting", ""
+        worker.state = "starting"   # its reason stays: why it is being started again
         try:
             # the answers a process before it wrote and nobody took (killed while writing one)
             shutil.rmtree(worker.spool, ignore_errors=True)
@@ -474,6 +479,8 @@ class PythonEngine(Engine):
     def _model_ready(self, model: ServedModel) -> None:
         if not any(w.state in LIVE for w in model.workers):
             model.ready.clear()
+            model.down_since = time.monotonic()
+            self._arm_deadline(model)
 
     # ------------------------------------------------------------ batching
     def _dispatch(self, model: ServedModel) -> None:
@@ -492,6 +499,36 @@ class PythonEngine(Engine):
                     return
             take = [model.queue.popleft() for _ in range(min(batch_size, len(model.queue)))]
             self._send(worker, [(request, future) for request, future, _ in take if not future.done()])
+
+    def _arm_deadline(self, model: ServedModel) -> None:
+        """While no worker holds the model (they died and may fail to load again), a queued
+        request waits at most SAGEMAKER_MODEL_SERVER_TIMEOUT: one timer per model, for the
+        oldest. A live worker, even one busy or proving, takes them in turn: its batches have
+        their own timeout."""
+        if model.deadline_timer is None and model.queue and not any(w.state in LIVE for w in model.workers):
+            wait = max(model.queue[0][2], model.down_since) + self.cfg.timeout_s - time.monotonic()
+            model.deadline_timer = asyncio.get_running_loop().call_later(max(0.0, wait), self._deadline, model)
+
+    def _deadline(self, model: ServedModel) -> None:
+        model.deadline_timer = None
+        if any(w.state in LIVE for w in model.workers):
+            return   # one started meanwhile; _model_ready arms the timer again if none is left
+        oldest = time.monotonic() - self.cfg.timeout_s   # it expires what arrived before, if down since
+        if model.down_since > oldest:
+            oldest = float("-inf")
+        why = "; ".join(sorted({w.reason for w in model.workers if w.reason and w.state not in LIVE}))
+        late = 0
+        while model.queue and model.queue[0][2] <= oldest:
+            _, future, _ = model.queue.popleft()
+            late += not future.done()
+            _answer(future, ServiceUnavailable(
+                f"no worker of model {model.name!r} could take this request within {self.cfg.timeout_s} s "
+                f"(SAGEMAKER_MODEL_SERVER_TIMEOUT){': ' + why if why else ''}"))
+        if late:
+            logger.error("model %s: %d request(s) waited %d s for a worker: 503", model.name, late,
+                         self.cfg.timeout_s)
+        self._arm_deadline(model)
+        self._check_idle()
 
     def _delay_over(self, model: ServedModel) -> None:
         model.delay_timer = None

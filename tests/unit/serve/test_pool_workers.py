@@ -126,7 +126,7 @@ def model_fn(model_dir):
     return "m"
 def transform_fn(model, body, content_type, accept):
     if body == b"slow":
-        time.sleep(1.3)
+        time.sleep(2.3)
         return b"x" * (9 << 20), "application/octet-stream"   # a large answer: a spooled file
     return body, "application/octet-stream"
 """
@@ -136,12 +136,14 @@ def spooled(engine):
     return [os.path.join(d, f) for d, _, files in os.walk(engine.spool) for f in files]
 
 
-def test_an_answer_that_comes_after_its_timeout_is_dropped_with_its_file(tmp_path):
-    """The answer (1.3 s) and the timeout (1 s) are both due when the loop wakes: the
+def test_an_answer_that_comes_after_its_timeout_is_dropped_with_its_file(tmp_path, monkeypatch):
+    """The answer (2.3 s) and the timeout (2 s) are both due when the loop wakes: the
     request queued behind gets a fresh worker, not the one being killed, and the late
     answer's file is deleted."""
+    monkeypatch.setattr(pool, "RESTART_BACKOFF_S", (0.1,))   # the new worker is up within the timeout
+
     async def check():
-        engine = make_engine(tmp_path, required="model", SAGEMAKER_MODEL_SERVER_TIMEOUT=1,
+        engine = make_engine(tmp_path, required="model", SAGEMAKER_MODEL_SERVER_TIMEOUT=2,
                              SAGEMAKER_TS_BATCH_SIZE=1, SAGEMAKER_TS_MAX_BATCH_DELAY=0)
         d = make_model(tmp_path, "model", LARGE_LATE)
         try:
@@ -150,7 +152,7 @@ def test_an_answer_that_comes_after_its_timeout_is_dropped_with_its_file(tmp_pat
             await asyncio.sleep(0.1)
             quick = asyncio.ensure_future(engine.infer("model", request(b"quick")))   # queued behind it
             await asyncio.sleep(0.1)
-            time.sleep(1.5)   # the loop busy: both the answer and the timer are due
+            time.sleep(2.5)   # the loop busy: both the answer and the timer are due
             answers = [(await slow).status, (await quick).status, (await quick).body]
             await asyncio.sleep(0.5)
             return answers, spooled(engine)
@@ -255,3 +257,37 @@ def test_a_load_that_fails_on_one_worker_stops_the_others(tmp_path):
         finally:
             await engine.stop()
     assert run(check()) == ([], [True, True])
+
+
+LOADS_ONCE = """
+import os
+def model_fn(model_dir):
+    marker = os.path.join(model_dir, "loaded-once")
+    if os.path.exists(marker):
+        raise RuntimeError("CUDA out of memory (the old worker's memory not freed yet)")
+    open(marker, "w").close()
+    return "m"
+def transform_fn(model, body, content_type, accept):
+    if body == b"die":
+        os.kill(os.getpid(), 9)
+    return body, "application/octet-stream"
+"""
+
+
+def test_a_queued_request_gets_503_once_no_worker_took_it_within_the_timeout(tmp_path, monkeypatch):
+    monkeypatch.setattr(pool, "RESTART_BACKOFF_S", (0.2,))
+
+    async def check():
+        engine = make_engine(tmp_path, required="model", SAGEMAKER_MODEL_SERVER_TIMEOUT=1)
+        d = make_model(tmp_path, "model", LOADS_ONCE)
+        try:
+            await engine.load("model", d, d)
+            died = (await engine.infer("model", request(b"die"))).status
+            start = time.monotonic()
+            answers = await asyncio.gather(*(engine.infer("model", request(b"hello")) for _ in range(3)))
+            return died, [a.status for a in answers], time.monotonic() - start, answers[0].body, engine._idle.is_set()
+        finally:
+            await engine.stop()
+    died, statuses, waited, body, idle = run(check(), timeout=20)
+    assert died == 503 and statuses == [503] * 3 and 0.9 < waited < 3 and idle
+    assert b"SAGEMAKER_MODEL_SERVER_TIMEOUT" in body and b"out of memory" in body
