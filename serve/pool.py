@@ -229,6 +229,7 @@ class PythonEngine(Engine):
         for request, future, _ in model.queue:
             _answer(future, ServiceUnavailable(f"model {name!r} was unloaded"))
         model.queue.clear()
+        self._check_idle()   # a drain may be waiting on what was queued for it
         try:   # the requests already in its workers are answered first
             await asyncio.wait_for(model.quiet.wait(), self.cfg.timeout_s)
         except asyncio.TimeoutError:

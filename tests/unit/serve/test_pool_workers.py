@@ -291,3 +291,27 @@ def test_a_queued_request_gets_503_once_no_worker_took_it_within_the_timeout(tmp
     died, statuses, waited, body, idle = run(check(), timeout=20)
     assert died == 503 and statuses == [503] * 3 and 0.9 < waited < 3 and idle
     assert b"SAGEMAKER_MODEL_SERVER_TIMEOUT" in body and b"out of memory" in body
+
+
+def test_the_drain_ends_at_once_when_what_was_queued_went_with_an_unloaded_model(tmp_path):
+    async def check():
+        engine = make_engine(tmp_path)
+        d = make_model(tmp_path, "slow", SLOW_LOAD)
+        try:
+            load = asyncio.ensure_future(engine.load("slow", d, d))
+            await asyncio.sleep(0.3)
+            waiting = asyncio.ensure_future(engine.infer("slow", request()))   # for a model still loading
+            await asyncio.sleep(0.2)
+            await engine.unload("slow")
+            status = (await waiting).status
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            await engine.drain(start + 4)
+            return status, loop.time() - start
+        finally:
+            load.cancel()
+            await asyncio.wait({load})
+            load.cancelled() or load.exception()   # retrieved: 503, unloaded while it loaded
+            await engine.stop()
+    status, drained_in = run(check())
+    assert status == 503 and drained_in < 1
