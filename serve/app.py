@@ -37,6 +37,7 @@ INLINE_MAX = 8 * 1024 * 1024     # larger bodies are spooled to disk as they arr
 SPOOL_CHUNK = 1024 * 1024        # written to the spool file in pieces of this size
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/")
 PAGE_SIZE = 100                  # GET /models: models per page by default
+LOAD_BODY_MAX = 1024 * 1024      # POST /models: its small JSON, read whole
 
 
 def error_response(exc: HTTPError, headers: dict | None = None) -> web.Response:
@@ -196,6 +197,10 @@ class Front:
         try:
             spec = json.loads(await request.read() or b"{}")
             name, url = spec.get("model_name"), spec.get("url")
+        except web.HTTPRequestEntityTooLarge:   # aiohttp's own 413 is text/plain
+            return error_response(PayloadTooLarge(
+                f'the body is over {LOAD_BODY_MAX} bytes: it is JSON, {{"model_name": ..., "url": ...}}'),
+                {"Connection": "close"})
         except (ValueError, AttributeError):
             return error_response(BadRequest('the body must be JSON: {"model_name": ..., "url": ...}'))
         if not isinstance(name, str) or not name or "/" in name or not isinstance(url, str) or not url:
@@ -271,6 +276,6 @@ def _unlink(path: str) -> None:
 def make_app(front: Front) -> web.Application:
     # client_max_size is aiohttp's own limit for request.read(); bodies are read against
     # max_body here, so it only has to let the small JSON of a load request through.
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=LOAD_BODY_MAX)
     app.router.add_route("*", "/{tail:.*}", front.handle)
     return app

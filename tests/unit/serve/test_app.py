@@ -220,3 +220,12 @@ def test_two_concurrent_loads_of_one_name_one_gets_409(tmp_path):
                                          for _ in range(2)))
         assert sorted(r.status for r in results) == [200, 409]
     run(check, multi_model=True, tmp_path=tmp_path)
+
+
+def test_a_load_request_over_1_mib_gets_413_in_our_json_shape(tmp_path):
+    async def check(client, engine, front):
+        resp = await client.post("/models", data=b"{" + b" " * (2 << 20) + b"}",
+                                 headers={"Content-Type": "application/json"})
+        await json_error(resp, 413)
+        assert engine.loaded == {}
+    run(check, multi_model=True, tmp_path=tmp_path)
