@@ -57,9 +57,23 @@ def make_engine(cfg: ServeConfig, workdir: str):
     return PythonEngine(cfg, workdir, required_model=None if cfg.multi_model else MODEL_NAME)
 
 
+def work_folder(cfg: ServeConfig) -> str:
+    """BYOC_SERVE_WORKDIR (else a temporary folder), with its spool, checked writable now:
+    StartupError with the reason rather than a traceback, or a failure at the first large body."""
+    try:
+        workdir = cfg.workdir or tempfile.mkdtemp(prefix="byoc-serve-")
+        spool = os.path.join(workdir, "spool")
+        os.makedirs(spool, exist_ok=True)
+        tempfile.TemporaryFile(dir=spool).close()
+    except OSError as exc:
+        where = cfg.workdir or f"a temporary folder under {tempfile.gettempdir()}"
+        raise StartupError(f"the work folder {where} cannot be used ({exc.strerror or exc}): "
+                           "set BYOC_SERVE_WORKDIR to a writable folder") from None
+    return workdir
+
+
 async def run(cfg: ServeConfig) -> int:
-    workdir = cfg.workdir or tempfile.mkdtemp(prefix="byoc-serve-")
-    os.makedirs(workdir, exist_ok=True)
+    workdir = work_folder(cfg)
     model_dir = None if cfg.multi_model else model_to_serve(cfg)
     loop = asyncio.get_running_loop()
     stop, received, draining = asyncio.Event(), [], []
@@ -84,7 +98,6 @@ async def run(cfg: ServeConfig) -> int:
     from serve.app import Front, make_app
 
     spool = os.path.join(workdir, "spool")
-    os.makedirs(spool, exist_ok=True)
     front = Front(engine, max_body=cfg.max_payload_mb * MB, spool=spool, multi_model=cfg.multi_model,
                   model_root=MULTI_MODEL_ROOT, draining=draining)
     runner = web.AppRunner(make_app(front), access_log=None, handle_signals=False, shutdown_timeout=1)
