@@ -243,6 +243,8 @@ class PythonEngine(Engine):
         model = self.served.get(name)
         if model is None:
             return InferResponse.error(NotFound(f"model {name!r} is not loaded"))
+        if self._stopping:   # the front door still listens until the workers have stopped
+            return InferResponse.error(ServiceUnavailable("the server is stopping"))
         future = asyncio.get_running_loop().create_future()
         model.queue.append((request, future, time.monotonic()))
         self._idle.clear()
@@ -297,6 +299,10 @@ class PythonEngine(Engine):
 
     async def stop(self) -> None:
         self._stopping = True
+        for model in self.served.values():   # what came after the drain: no worker will take it
+            for _, future, _ in model.queue:
+                _answer(future, ServiceUnavailable("the server stopped before this request's turn"))
+            model.queue.clear()
         workers = [w for m in self.served.values() for w in m.workers]
         await asyncio.gather(*(self._stop_worker(w) for w in workers))
 

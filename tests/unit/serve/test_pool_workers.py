@@ -315,3 +315,19 @@ def test_the_drain_ends_at_once_when_what_was_queued_went_with_an_unloaded_model
             await engine.stop()
     status, drained_in = run(check())
     assert status == 503 and drained_in < 1
+
+
+def test_a_request_that_comes_while_or_after_the_engine_stops_gets_503(tmp_path):
+    async def check():
+        engine = make_engine(tmp_path, required="model", SAGEMAKER_TS_MAX_BATCH_DELAY=50)
+        d = make_model(tmp_path, "model", ECHO)
+        await engine.load("model", d, d)
+        loop = asyncio.get_running_loop()
+        await engine.drain(loop.time() + 5)   # nothing in flight: at once
+        stopping = asyncio.ensure_future(engine.stop())
+        during = asyncio.ensure_future(engine.infer("model", request()))   # waits 50 ms for company
+        await stopping
+        after = asyncio.ensure_future(engine.infer("model", request()))
+        done, _ = await asyncio.wait({during, after}, timeout=3)
+        return [t.result().status if t in done else None for t in (during, after)]
+    assert run(check()) == [503, 503]
