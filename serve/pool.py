@@ -22,7 +22,6 @@ import collections
 import itertools
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -50,9 +49,9 @@ class LoadFailed(HTTPError):
 class Worker:
     """One worker process and the batch it is working on."""
 
-    def __init__(self, model: "ServedModel", index: int, gpu_id: int | None, spool: str):
+    def __init__(self, model: "ServedModel", index: int, gpu_id: int | None, tag: str):
         self.model, self.index, self.gpu_id = model, index, gpu_id
-        self.spool = spool               # its own: what a dead process of it left there is deleted
+        self.prefix = f"answer-{tag}-"   # its spooled answers' names: what a dead process of it left is deleted
         self.proc: asyncio.subprocess.Process | None = None
         self.reader = self.writer = None
         self.state = "starting"          # starting -> idle -> busy -> proving -> idle; dead
@@ -132,7 +131,7 @@ class PythonEngine(Engine):
         count = self._fit_workers(model) if name == self.required_model else self.cfg.model_workers
         for index in range(count):
             gpu = index % self.cfg.gpus if self.cfg.gpus else None
-            worker = Worker(model, index, gpu, os.path.join(self.spool, f"worker-{next(self._ids)}"))
+            worker = Worker(model, index, gpu, f"w{next(self._ids)}")
             model.workers.append(worker)
             asyncio.ensure_future(self._run_worker(worker))
         try:
@@ -313,8 +312,8 @@ class PythonEngine(Engine):
     async def _run_worker(self, worker: Worker) -> None:
         try:
             await self._keep_running(worker)
-        finally:   # its process has exited: what it left in its spool is nobody's
-            shutil.rmtree(worker.spool, ignore_errors=True)
+        finally:   # its process has exited: the answers it left in the spool are nobody's
+            self._clear_answers(worker)
 
     async def _keep_running(self, worker: Worker) -> None:
         """Start the worker and keep it running: started again whenever it dies, until
@@ -366,14 +365,12 @@ class PythonEngine(Engine):
             raise _LoadError(f"the worker process could not be started: {exc}") from None
         args = [sys.executable, "-m", "serve.worker", "--fd", str(theirs.fileno()), "--model-dir", model.model_dir,
                 "--model-name", model.name, "--index", str(worker.index), "--batch-size", str(self.cfg.batch_size),
-                "--spool", worker.spool]
+                "--spool", self.spool, "--answer-prefix", worker.prefix]
         if worker.gpu_id is not None:
             args += ["--gpu-id", str(worker.gpu_id)]
         worker.state = "starting"   # its reason stays: why it is being started again
         try:
-            # the answers a process before it wrote and nobody took (killed while writing one)
-            shutil.rmtree(worker.spool, ignore_errors=True)
-            os.makedirs(worker.spool, exist_ok=True)
+            self._clear_answers(worker)   # a process before it wrote them, nobody took them (killed writing one)
             # Own session: a Ctrl-C or a signal to `serve`'s group is for `serve`, which
             # decides when its workers stop (after the drain).
             worker.proc = await asyncio.create_subprocess_exec(*args, pass_fds=(theirs.fileno(),),
@@ -460,7 +457,7 @@ class PythonEngine(Engine):
             body = b"" if answer.get("path") else next(inline)
             if not future.done():
                 future.set_result(InferResponse(answer["status"], answer["content_type"], body,
-                                                body_path=answer.get("path")))
+                                                body_path=_take(answer.get("path"))))
             elif answer.get("path"):
                 _unlink(answer["path"])
         # it runs its proofs (serve/optimize.py) now and says "idle" after: no batch goes
@@ -596,6 +593,15 @@ class PythonEngine(Engine):
         except asyncio.TimeoutError:
             await self._kill(worker)
 
+    def _clear_answers(self, worker: Worker) -> None:
+        """Delete the answer files of the worker's dead process that the front door never took."""
+        try:
+            names = [n for n in os.listdir(self.spool) if n.startswith(worker.prefix)]
+        except OSError:
+            return
+        for name in names:
+            _unlink(os.path.join(self.spool, name))
+
     async def _kill(self, worker: Worker) -> None:
         if worker.proc is not None and worker.proc.returncode is None:
             try:
@@ -614,6 +620,19 @@ class _LoadError(Exception):
 def _answer(future: asyncio.Future, error: HTTPError) -> None:
     if not future.done():
         future.set_result(InferResponse.error(error))
+
+
+def _take(path: str | None) -> str | None:
+    """An answer file the front door now owns (it deletes it once sent): renamed out of its
+    worker's prefix, so that clearing what that worker left never deletes it."""
+    if path is None:
+        return None
+    taken = os.path.join(os.path.dirname(path), "taken-" + os.path.basename(path))
+    try:
+        os.rename(path, taken)
+    except OSError:
+        return path
+    return taken
 
 
 def _unlink(path: str) -> None:

@@ -48,7 +48,8 @@ class WorkerContext:
         return next((v for k, v in self.get_all_request_header(idx).items() if k.lower() == key), None)
 
 
-def serve_batches(sock: socket.socket, service, context: WorkerContext, spool: str) -> None:
+def serve_batches(sock: socket.socket, service, context: WorkerContext, spool: str,
+                  prefix: str = "answer-") -> None:
     from serve.handler import Request
 
     while True:
@@ -73,7 +74,7 @@ def serve_batches(sock: socket.socket, service, context: WorkerContext, spool: s
                 (r.error.status, "application/json", r.error.body())
             answer = {"status": status, "content_type": ctype}
             if len(body) > INLINE_MAX:
-                answer["path"] = _spool(spool, body)
+                answer["path"] = _spool(spool, body, prefix)
             else:
                 parts.append(body)
             answers.append(answer)
@@ -90,8 +91,8 @@ def _read_spooled(path: str) -> bytes:
     return body
 
 
-def _spool(folder: str, body: bytes) -> str:
-    fd, path = tempfile.mkstemp(dir=folder, prefix="answer-")
+def _spool(folder: str, body: bytes, prefix: str = "answer-") -> str:
+    fd, path = tempfile.mkstemp(dir=folder, prefix=prefix)
     with os.fdopen(fd, "wb") as f:
         f.write(body)
     return path
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--spool", default=tempfile.gettempdir(), help="folder for answers too large to send")
+    parser.add_argument("--answer-prefix", default="answer-",
+                        help="their files' names: the front door deletes this process's after it dies")
     args = parser.parse_args(argv)
     settings = config.worker_settings()
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
@@ -131,7 +134,7 @@ def _work(sock: socket.socket, args) -> int:
         wire.send(sock, {"op": "failed", "error": type(exc).__name__, "message": " ".join(str(exc).split())[:4000]})
         return 1
     wire.send(sock, {"op": "ready", "pid": os.getpid(), "load_s": round(time.monotonic() - start, 3)})
-    serve_batches(sock, service, context, args.spool)
+    serve_batches(sock, service, context, args.spool, args.answer_prefix)
     return 0
 
 

@@ -169,8 +169,8 @@ def model_fn(model_dir):
 def transform_fn(model, body, content_type, accept):
     if body == b"die":   # killed while its answer file is half written
         worker = sys.modules["__main__"]   # serve/worker.py, run with -m
-        def half(folder, data):
-            with open(os.path.join(folder, "answer-half"), "wb") as f:
+        def half(folder, data, prefix="answer-"):
+            with open(os.path.join(folder, prefix + "half"), "wb") as f:
                 f.write(data[:1000])
             os.kill(os.getpid(), signal.SIGKILL)
         worker._spool = half
