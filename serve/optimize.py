@@ -68,6 +68,9 @@ RECHECK_FIRST = 8    # the first merged batches and graph answers are all checke
 RECHECK_EVERY = 64   # ... then one graph answer in RECHECK_EVERY (its input run again whole) ...
 RECHECK_ROW_EVERY = 16   # ... and one row of a merged batch in RECHECK_ROW_EVERY (one input alone)
 PROVE_AHEAD = 8      # batch sizes up to this are proven together; a larger one when it first comes
+MIN_DISTINCT = 3     # inputs the graph is proven on: the first and at least two distinct companions
+GRAPH_TRIES = 8      # inputs tried for that before the graph is given up
+STALL_S = 0.25       # model calls waiting this long for a call that does not come: merging stops
 DEPRECATION_NOTE = ("the frozen graph uses TorchScript (torch.jit.trace/freeze), deprecated upstream: "
                     "its FutureWarning is silenced here; README 'Off TorchScript' says what replaces it")
 
@@ -108,6 +111,8 @@ class ModelForward:
         self.pure = None          # None: not yet proven; False: state or randomness, nothing optimised
         self.sample = None        # (per-sample shape, dtype, device) the proofs ran on
         self.frozen = None        # the graph, and its kind ("freeze" / "optimize_for_inference")
+        self.graph_tries = 0      # inputs the graph's proof has been tried on
+        self.graph_later = False  # too few distinct inputs so far: try again on a later input
         self.kind = None
         self.fingerprint = None   # the model's weights and settings when it was proven pure
         self.graph_sizes = {}     # batch size -> whether the graph gives the model's answer
@@ -127,7 +132,9 @@ class ModelForward:
         single = len(args) == 1 and not kwargs
         meeting = self._meeting
         if meeting is not None and single and self._mergeable(args[0]):
-            return meeting.wait_for_batch(args[0])
+            # what this call set on the model before calling it: another call may set it again before the batch runs
+            state = _fingerprint(self.model)
+            return meeting.wait_for_batch(args[0], (state != self.fingerprint, state[1]))
         if self._recording is not None and single and self._mergeable(args[0]):
             self._recording.append(args[0].clone())
         return self._forward(*args, **kwargs)
@@ -142,13 +149,23 @@ class ModelForward:
             self._later(self._prove, x.clone(), out.clone() if _is_float(out) else out)
             return out
         if self._graph_ready(x):
-            out = self.frozen(x)
+            try:
+                out = self.frozen(x)
+            except Exception as exc:
+                # Tracing fixed something this input changes (a loop count, a shape): the
+                # model's own answer (or its own error), and the graph goes if the model answers.
+                out = self.user_forward(x)
+                self._drop_graph(f"it raised {type(exc).__name__} on an input the model answers")
+                return out
             if recheck and _due(self._uses, RECHECK_EVERY):
                 self._later(self._recheck, [x.clone()], [out.clone()], "frozen graph")
             return out
         out = self.user_forward(x)
         if self.frozen is not None and _sample(x) == self.sample and x.shape[0] not in self.graph_sizes:
             self._later(self._prove_graph_size, x.clone(), out.clone() if _is_float(out) else out)
+        elif self.graph_later and _sample(x) == self.sample and _is_float(out):
+            self.graph_later = False
+            self._later(self._prove_graph_again, x.clone(), out.clone())
         return out
 
     def _later(self, task, *args) -> None:
@@ -210,6 +227,21 @@ class ModelForward:
         del private
         _release_memory()
 
+    def _prove_graph_again(self, x, expected) -> None:
+        """The graph, on a later input: the first ones gave too few distinct inputs."""
+        import torch
+
+        if len(distinct_inputs(x, MIN_DISTINCT)) < MIN_DISTINCT:
+            self.graph_later = True   # this one neither: cheap to tell, before any copy
+            return
+        private = self._private_copy()
+        if private is None:
+            return
+        with torch.inference_mode(False), torch.no_grad():
+            self._freeze(private, x, expected)
+        del private
+        _release_memory()
+
     def _private_copy(self):
         """A deep copy of the model without this wrapper; None (logged) when it cannot be copied."""
         import torch
@@ -229,10 +261,18 @@ class ModelForward:
     def _freeze(self, private, x, expected) -> None:
         import torch
 
+        self.graph_tries += 1
         inputs = distinct_inputs(x, 4)
-        alone = [_run(private, y) for y in inputs]
-        if any(isinstance(a, BaseException) for a in alone):
-            inputs, alone = [x], [expected]
+        # a companion the model refuses proves nothing (equal inputs prove nothing either)
+        proven_on = [(y, a) for y, a in zip(inputs, (_run(private, y) for y in inputs))
+                     if not isinstance(a, BaseException)]
+        if len(proven_on) < MIN_DISTINCT:
+            self.graph_later = self.graph_tries < GRAPH_TRIES
+            logger.info("frozen graph not proven on input %s %s: too few distinct inputs the model answers (%d); %s",
+                        list(x.shape), x.dtype, len(proven_on),
+                        "tried again on a later input" if self.graph_later else "not used")
+            return
+        inputs, alone = zip(*proven_on)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", torch.jit.TracerWarning)
@@ -293,11 +333,11 @@ class ModelForward:
         if not sizes or self.merge_off:
             return
         rows = _distinct_rows(inputs, sizes[-1])
-        sizes = [n for n in sizes if n <= len(rows)]   # an input with too few distinct companions
-        alone = [_run(self.user_forward, y) for y in rows]
-        if any(isinstance(a, BaseException) for a in alone):
-            logger.info("merged calls not proven for %d calls: a companion input failed alone", len(inputs))
-            return   # not proven: these calls keep running one at a time
+        # rows the model refuses alone prove nothing: left out
+        answered = [(y, a) for y, a in zip(rows, (_run(self.user_forward, y) for y in rows))
+                    if not isinstance(a, BaseException)]
+        rows, alone = [y for y, _ in answered], [a for _, a in answered]
+        sizes = [n for n in sizes if n <= len(rows)]   # too few distinct inputs: those sizes wait for others
         for n in sizes:
             ok = self.merge_sizes[n] = _batched_rows_match(self.user_forward, rows[:n], alone)
             if not ok:
@@ -364,6 +404,11 @@ class ModelForward:
                 future.result()
         finally:
             self._meeting = None
+        if meeting.stalled and not self.merge_off:
+            self.merge_off = True
+            logger.warning("model calls no longer merged: %d predict_fn calls waited %.2f s for another to reach the "
+                           "model (a lock around the model call, or slow work before it): they run one after "
+                           "another from now on", n, STALL_S)
         self._watch_weights()
 
     def _in_turn(self, calls: list) -> None:
@@ -374,6 +419,9 @@ class ModelForward:
         try:
             for call in calls:
                 call()
+                if record and self.fingerprint is not None:
+                    # a change one call makes and the next undoes (a per-request option) counts too
+                    self._watch_weights()
         finally:
             inputs, self._recording = self._recording, None
         if self.pure:
@@ -390,12 +438,16 @@ class ModelForward:
                            "(predict_fn changes them), so each call must see the last one's change")
             self._drop_graph("the model's weights or settings changed since it was frozen")
 
-    def _run_batch(self, inputs: list) -> list:
-        """One output per input (each with its batch dim of 1), or an exception for that input alone."""
+    def _run_batch(self, inputs: list, seen: list | None = None) -> list:
+        """One output per input (each with its batch dim of 1), or an exception for that input
+        alone. ``seen``: per input, (whether the model differed from the proven one, its plain
+        settings) as its predict_fn call left them."""
         import torch
 
         # The worker's thread runs this: the callers were all outside autograd, so run it there too.
         with torch.no_grad():
+            if seen and any(s and s[0] for s in seen):
+                return self._run_apart(inputs, [s[1] for s in seen])
             n = len(inputs)
             if n == 1 or self.merge_off or (self.merge != "on" and not self.merge_sizes.get(n)):
                 if n > 1 and n not in self.merge_sizes:
@@ -424,18 +476,40 @@ class ModelForward:
                 self._later(self._recheck, [inputs[i].clone()], [rows[i].clone()], "merged calls")
             return rows
 
+    def _run_apart(self, inputs: list, seen: list) -> list:
+        """Model calls whose predict_fn calls set the model's settings before calling it (a
+        per-request option): each runs alone with the settings its own call left, as it
+        would have one call after another; calls are not run together again."""
+        now = _fingerprint(self.model)[1]
+        if not self.merge_off:
+            self.merge_off = True
+            logger.warning("model calls no longer merged: predict_fn changes the model's settings before calling it, "
+                           "so each call must see its own; they run one after another from now on")
+        try:
+            outcomes = []
+            for x, settings in zip(inputs, seen):
+                _apply_settings(settings)
+                outcomes.append(_outcome(self.user_forward, x))
+            return outcomes
+        finally:
+            _apply_settings(now)
+
 
 class _Meeting:
     """The predict_fn calls of one batch, running in threads: their eligible model calls
     wait here, and the worker's own thread (the one in ModelForward.together) runs them
     as one batch once every call still running waits. So every forward runs on that
-    thread, as without us: one set of torch threads, one malloc arena. No timeouts: a
-    call that returns, raises or calls the model again is counted at once."""
+    thread, as without us: one set of torch threads, one malloc arena. A call that
+    returns, raises or calls the model again is counted at once. One timeout: when calls
+    wait STALL_S for one that does not come (a predict_fn that holds a lock around its
+    model call keeps the others out of it), the meeting is ``stalled``: every model call
+    runs as it comes from then on, and the caller stops merging."""
 
     def __init__(self, calls: int, threads: int):
         self.running = calls
         self.threads = threads  # the worker's torch threads now (adaptive)
         self.waiting = []       # [input, outcome] of the model calls waiting for the batch
+        self.stalled = False
         self.cond = threading.Condition()
 
     def attend(self, call) -> None:
@@ -452,9 +526,10 @@ class _Meeting:
                 self.running -= 1
                 self.cond.notify_all()
 
-    def wait_for_batch(self, x):
-        """A model call from one of the predict_fn calls: its row of the batch."""
-        entry = [x, None]
+    def wait_for_batch(self, x, settings=None):
+        """A model call from one of the predict_fn calls: its row of the batch. ``settings``:
+        (whether the model differs from the proven one, its plain settings) as this call left them."""
+        entry = [x, None, settings]
         with self.cond:
             self.waiting.append(entry)
             self.cond.notify_all()
@@ -469,13 +544,14 @@ class _Meeting:
         call still running waits, until all have returned."""
         while True:
             with self.cond:
-                while not (self.waiting and len(self.waiting) >= self.running) and self.running:
-                    self.cond.wait()
+                while not (self.waiting and (self.stalled or len(self.waiting) >= self.running)) and self.running:
+                    if not self.cond.wait(STALL_S if self.waiting else None) and self.waiting:
+                        self.stalled = True
                 if not self.waiting:
                     return
                 batch, self.waiting = self.waiting, []
             try:
-                outcomes = run_batch([x for x, _ in batch])
+                outcomes = run_batch([x for x, _, _ in batch], [settings for _, _, settings in batch])
             except BaseException as exc:  # a bug of ours: every waiting call gets it, none hangs
                 outcomes = [exc] * len(batch)
             with self.cond:
@@ -486,9 +562,12 @@ class _Meeting:
 
 # ---------------------------------------------------------------- distinct inputs
 def distinct_inputs(x, n: int) -> list:
-    """``x`` and n - 1 companions that differ from it and from each other: reordered and
-    perturbed copies. Float inputs get scaled, shifted and noisy copies too; integer and
-    boolean ones only reordered values, so that they stay valid (token ids, masks)."""
+    """``x`` and up to n - 1 companions that differ from it and from each other: reordered
+    and perturbed copies. Float inputs get scaled, shifted and noisy copies too. Integer and
+    boolean ones get reordered values and values drawn anew from the ones the input holds
+    (booleans: both), so that they stay valid (token ids, masks) while what depends on how
+    many of each there are (the real tokens before the padding) changes too. An input with
+    a single integer value gets none: the proofs then wait for another input."""
     import torch
 
     gen = torch.Generator().manual_seed(1234)
@@ -496,6 +575,7 @@ def distinct_inputs(x, n: int) -> list:
     float_input = x.is_floating_point()
     scale = float(x.abs().mean()) if float_input else 0.0
     scale = scale if scale > 1e-3 else 1.0
+    values = None if float_input else (torch.tensor([False, True]) if x.dtype == torch.bool else torch.unique(x))
     k = 0
     while len(out) < n and k < 4 * n + 8:
         k += 1
@@ -507,6 +587,8 @@ def distinct_inputs(x, n: int) -> list:
             y = x * 1.5 + 0.25 * scale
         elif float_input:
             y = x + 0.5 * scale * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        elif k % 2 and len(values) > 1:
+            y = values[torch.randint(len(values), x.shape, generator=gen)]
         else:
             perm = torch.randperm(x.numel(), generator=gen)
             y = x.reshape(-1)[perm].reshape(x.shape)
@@ -545,13 +627,34 @@ def _release_memory() -> None:
         pass
 
 
+_PLAIN = (bool, int, float, str)   # the settings a fingerprint holds
+
+
 def _fingerprint(model) -> tuple:
-    """What the frozen graph copied from the model: every parameter's and buffer's storage
-    and in-place version, and every module's plain settings (a temperature, a flag)."""
-    tensors = tuple((t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
-    settings = tuple((k, v) for m in model.modules() for k, v in vars(m).items()
-                     if isinstance(v, (bool, int, float, str)) and k != "forward")
-    return tensors, settings
+    """What the frozen graph copied from the model, in one walk over its modules: every
+    parameter's and buffer's storage and in-place version (and those of tensors kept as
+    plain attributes), and every module's plain settings (a temperature, a flag) as
+    (module, name, value)."""
+    import torch
+
+    tensors, settings = [], []
+    for module in model.modules():
+        for group in (module._parameters, module._buffers):
+            for t in group.values():
+                if t is not None:
+                    tensors.append((t.data_ptr(), t._version))
+        for name, value in module.__dict__.items():
+            if isinstance(value, _PLAIN):
+                settings.append((module, name, value))
+            elif isinstance(value, torch.Tensor):
+                tensors.append((value.data_ptr(), value._version))
+    return tuple(tensors), tuple(settings)
+
+
+def _apply_settings(settings: list) -> None:
+    for module, name, value in settings:
+        if vars(module).get(name, value) is not value:
+            setattr(module, name, value)
 
 
 def _eligible(x, model) -> bool:
@@ -579,9 +682,14 @@ def _same_shape(a, b) -> bool:
 
 
 def _matches(got, expected) -> bool:
+    """Equal to float rounding: ATOL is meant for outputs of order 1, and is scaled down
+    with smaller ones (else any answer of a model whose outputs all lie below it would pass)."""
     import torch
 
-    return _same_shape(got, expected) and torch.allclose(got, expected, atol=ATOL, rtol=RTOL)
+    if not _same_shape(got, expected):
+        return False
+    scale = min(1.0, float(expected.abs().max())) if expected.is_floating_point() and expected.numel() else 1.0
+    return torch.allclose(got, expected, atol=ATOL * scale, rtol=RTOL)
 
 
 def _batched_rows_match(fn, rows: list, alone: list) -> bool:

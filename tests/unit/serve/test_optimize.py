@@ -557,10 +557,182 @@ def test_the_batch_runs_on_the_workers_thread_outside_autograd(resnet18, monkeyp
     assert threads == {"worker"}
 
 
-def test_distinct_inputs_differ_and_integer_ones_keep_their_values():
+def test_distinct_inputs_differ_and_integer_ones_keep_to_their_values():
     x = torch.zeros(1, 8)
     made = optimize.distinct_inputs(x, 5)
     assert len(made) == 5 and all(not torch.equal(a, b) for i, a in enumerate(made) for b in made[i + 1:])
-    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
-    for y in optimize.distinct_inputs(ids, 4):
-        assert y.dtype == ids.dtype and sorted(y.flatten().tolist()) == sorted(ids.flatten().tolist())
+    ids = torch.tensor([[12, 7, 33, 0, 0, 0, 0, 0]])   # 3 tokens, then padding
+    made = optimize.distinct_inputs(ids, 4)
+    assert len(made) == 4 and all(not torch.equal(a, b) for i, a in enumerate(made) for b in made[i + 1:])
+    assert all(y.dtype == ids.dtype and set(y.flatten().tolist()) <= {0, 7, 12, 33} for y in made)
+    # what depends on how many of each value there are (the real tokens) changes too
+    assert len({int((y != 0).sum()) for y in made}) > 1
+    masks = optimize.distinct_inputs(torch.zeros(1, 6, dtype=torch.bool), 3)
+    assert len(masks) == 3 and all(m.dtype == torch.bool for m in masks)
+    assert len(optimize.distinct_inputs(torch.full((1, 6), 7), 4)) == 1   # one value: nothing valid to vary
+
+
+class Tokens(torch.nn.Module):
+    """Token ids padded with 0: a loop over the real tokens, which tracing bakes in."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(100, 8, padding_idx=0)
+        self.position = torch.nn.Embedding(16, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, ids):
+        n = (ids != 0).sum()
+        h = torch.zeros(ids.shape[0], 8)
+        for i in range(n):
+            h = h + self.embed(ids[:, i]) + self.position.weight[i]
+        return self.head(h / n)
+
+
+def test_a_graph_that_bakes_in_how_many_tokens_is_never_used(monkeypatch):
+    """Permutations of the first input keep its count of real tokens: the proof must also
+    vary how many there are, or a 5-token request is answered as if it had 3."""
+    torch.manual_seed(0)
+    model = frozen_on(Tokens().eval(), monkeypatch, "freeze", torch.tensor([[12, 7, 33, 0, 0, 0, 0, 0]]))
+    assert model.forward.frozen is None
+    five = torch.tensor([[5, 9, 41, 22, 17, 0, 0, 0]])
+    assert torch.equal(serve_like(model, five), model.forward.user_forward(five).detach())
+
+
+def test_a_constant_integer_input_proves_nothing_and_the_graph_waits_for_another(monkeypatch):
+    class Bag(torch.nn.Module):   # per sample: any graph of it gives the model's answers
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.EmbeddingBag(100, 8)
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, ids):
+            return self.head(self.embed(ids))
+
+    torch.manual_seed(0)
+    model = frozen_on(Bag().eval(), monkeypatch, "freeze", torch.full((1, 6), 7))   # a warm-up of one token id
+    assert model.forward.pure and model.forward.frozen is None and model.forward.graph_later
+    serve_like(model, torch.full((1, 6), 9))
+    replied(model)
+    assert model.forward.frozen is None   # still one value: still waiting, no copy made
+    x = torch.tensor([[3, 14, 15, 92, 65, 35]])
+    serve_like(model, x)
+    replied(model)
+    assert model.forward.frozen is not None and model.forward.graph_sizes == {1: True}
+    y = torch.tensor([[27, 18, 28, 18, 28, 45]])
+    assert close(serve_like(model, y), model.forward.user_forward(y).detach())
+
+
+def test_a_graph_that_raises_where_the_model_answers_is_dropped_for_the_models_answer(resnet18, monkeypatch,
+                                                                                      caplog):
+    frozen_on(resnet18, monkeypatch, "freeze", torch.randn(1, 3, 64, 64))
+    graph = resnet18.forward.frozen
+
+    def refuses_some(x):
+        if x.mean() > 0:
+            raise RuntimeError("The following operation failed in the TorchScript interpreter.")
+        return graph(x)
+
+    resnet18.forward.frozen = refuses_some
+    x = torch.randn(1, 3, 64, 64).abs()
+    with caplog.at_level(logging.WARNING, logger="serve.optimize"):
+        got = serve_like(resnet18, x)
+    assert torch.equal(got, resnet18.forward.user_forward(x).detach())
+    assert resnet18.forward.frozen is None and "raised RuntimeError on an input the model answers" in caplog.text
+
+
+def test_small_outputs_are_compared_at_their_own_scale(caplog):
+    """An absolute tolerance meant for outputs of order 1 would pass any answer of a model
+    whose outputs are all far below it: batch-max scaling in small units must not merge."""
+    class SmallBatchMax(BatchMax):
+        def forward(self, x):
+            return 5e-5 * super().forward(x)
+
+    torch.manual_seed(0)
+    model = SmallBatchMax().eval()
+    optimize.optimize(model, graph=False, batch_size=4)
+    serve_like(model, torch.randn(1, 6))
+    replied(model)
+    inputs = [torch.randn(1, 6) for _ in range(4)]
+    alone = [model.forward.user_forward(x).detach() for x in inputs]
+    for _ in range(3):
+        got = run_together(model, inputs)
+        assert all(torch.equal(g, a) for g, a in zip(got, alone))
+    assert model.forward.merge_off and not model.forward.merged_once
+
+
+def test_a_predict_fn_that_locks_its_model_call_is_not_held_up(monkeypatch, caplog):
+    """A lock around the model call (how users make a predict_fn thread-safe) keeps the other
+    calls from ever reaching the model while one waits for them: the wait must end."""
+    torch.manual_seed(0)
+    model = frozen_on(torch.nn.Sequential(torch.nn.Linear(6, 3)).eval(), monkeypatch, "freeze", torch.randn(1, 6),
+                      batch_size=4)
+    lock = threading.Lock()
+
+    def predict(x):
+        with lock:
+            return model(x)
+
+    inputs = [torch.randn(1, 6) for _ in range(4)]
+    run_together(model, inputs, predict)   # one after another: merging proven
+    assert model.forward.merge_sizes[4]
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="serve.optimize"):
+        got = run_together(model, inputs, predict)
+    assert time.monotonic() - started < 10   # no hang: about STALL_S per call that could not come
+    assert all(close(g, model.forward.user_forward(x).detach()) for g, x in zip(got, inputs))
+    assert model.forward.merge_off and "waited" in caplog.text
+
+
+class Tempered(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.temperature = 1.0
+
+    def forward(self, x):
+        return torch.softmax(self.linear(x) / self.temperature, dim=1)
+
+
+@pytest.mark.parametrize("first_temperatures", [(5.0, 1.0), (1.0, 1.0)])
+def test_a_per_request_setting_predict_fn_sets_on_the_model_is_each_calls_own(first_temperatures, monkeypatch):
+    """predict_fn sets the request's temperature on the model, then calls it. Run together,
+    every call sets it before the batch runs: each call must still get its own. Caught in the
+    first batch run one after another when its values differ (even when the last call sets the
+    proven value back); else in the first merged batch, whose calls then run apart."""
+    torch.manual_seed(0)
+    model = frozen_on(Tempered().eval(), monkeypatch, "freeze", torch.randn(1, 4), batch_size=2)
+    reference = copy.deepcopy(model)
+    del reference.forward
+
+    def predict(request):
+        model.temperature = request["temperature"]
+        return model(request["inputs"])
+
+    def own(request):
+        reference.temperature = request["temperature"]
+        return serve_like(reference, request["inputs"])
+
+    for temperatures in (first_temperatures, (5.0, 1.0), (1.0, 3.0), (2.0, 1.0)):
+        requests = [{"inputs": torch.randn(1, 4), "temperature": t} for t in temperatures]
+        got = run_together(model, requests, predict)
+        assert all(close(g, own(r)) for g, r in zip(got, requests)), temperatures
+    assert model.forward.merge_off
+
+
+def test_a_tensor_kept_as_a_setting_is_watched_like_the_weights(monkeypatch):
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 2)
+            self.scale = torch.tensor(2.0)   # a plain attribute, neither parameter nor buffer
+
+        def forward(self, x):
+            return self.linear(x) * self.scale
+
+    torch.manual_seed(0)
+    model = frozen_on(Scaled().eval(), monkeypatch, "freeze", torch.randn(1, 4))
+    assert model.forward.frozen is not None
+    model.scale = torch.tensor(3.0)
+    x = torch.randn(1, 4)
+    assert torch.equal(serve_like(model, x), (model.linear(x) * 3.0).detach())
