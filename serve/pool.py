@@ -370,7 +370,6 @@ class PythonEngine(Engine):
             args += ["--gpu-id", str(worker.gpu_id)]
         worker.state = "starting"   # its reason stays: why it is being started again
         try:
-            self._clear_answers(worker)   # a process before it wrote them, nobody took them (killed writing one)
             # Own session: a Ctrl-C or a signal to `serve`'s group is for `serve`, which
             # decides when its workers stop (after the drain).
             worker.proc = await asyncio.create_subprocess_exec(*args, pass_fds=(theirs.fileno(),),
@@ -426,6 +425,7 @@ class PythonEngine(Engine):
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         code = await worker.proc.wait()
+        self._clear_answers(worker)   # it wrote them, nobody took them (a late answer; killed writing one)
         was = worker.state
         worker.state = "dead"
         if worker.timer:

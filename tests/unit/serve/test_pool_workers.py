@@ -188,11 +188,12 @@ def test_a_worker_killed_while_writing_an_answer_leaves_nothing_in_the_spool(tmp
         try:
             await engine.load("model", d, d)
             died = (await engine.infer("model", request(b"die"))).status
+            left = spooled(engine)   # gone as soon as its death is known, before any restart
             again = await engine.infer("model", request(b"again"))   # waits for the new worker
-            return died, again.body, spooled(engine)
+            return died, left, again.body, spooled(engine)
         finally:
             await engine.stop()
-    assert run(check()) == (503, b"again", [])
+    assert run(check()) == (503, [], b"again", [])
 
 
 DIES = """
