@@ -517,12 +517,10 @@ class PythonEngine(Engine):
         model.deadline_timer = None
         if any(w.state in LIVE for w in model.workers):
             return   # one started meanwhile; _model_ready arms the timer again if none is left
-        oldest = time.monotonic() - self.cfg.timeout_s   # it expires what arrived before, if down since
-        if model.down_since > oldest:
-            oldest = float("-inf")
+        now = time.monotonic()
         why = "; ".join(sorted({w.reason for w in model.workers if w.reason and w.state not in LIVE}))
         late = 0
-        while model.queue and model.queue[0][2] <= oldest:
+        while model.queue and max(model.queue[0][2], model.down_since) + self.cfg.timeout_s <= now:
             _, future, _ = model.queue.popleft()
             late += not future.done()
             _answer(future, ServiceUnavailable(
