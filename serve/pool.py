@@ -543,7 +543,7 @@ class PythonEngine(Engine):
         worker.batch = batch
         worker.batch_id = next(self._ids)
         worker.model.quiet.clear()
-        busy = sum(w.state == "busy" for m in self.served.values() for w in m.workers)
+        busy = sum(w.state in ("busy", "proving") for m in self.served.values() for w in m.workers)
         threads = 0 if self.cfg.worker.threads else max(1, self.cfg.cpus // max(1, busy))
         metas, parts = [], []
         for request, _ in batch:
