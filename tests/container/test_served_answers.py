@@ -49,6 +49,11 @@ What each model catches (the module docstrings say more):
 - convnet (j), mlp (k): per-sample, so merging cannot change their answers;
   they must still merge: the server logs `model calls merged` the first time it
   runs several predict_fn calls' model calls as one batch.
+- locked (l): predict_fn holds a lock around its model call: merged calls
+  waiting for each other must not hang (each request would end in a 504).
+- request_option (m): predict_fn sets a temperature taken from the request on
+  the model before calling it: a merged batch would answer every request with
+  the last call's.
 
 Two containers run at a time (each with the image's default workers) to keep
 the file's run to a few minutes on a 2-core machine.
@@ -101,6 +106,8 @@ MODELS = {
     "weight_change": Model(VEC, kind="weights"),
     "convnet": Model(IMAGE, merges=True),
     "mlp": Model(VEC, merges=True),
+    "locked": Model(VEC),
+    "request_option": Model(VEC),
 }
 
 
