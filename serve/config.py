@@ -27,7 +27,8 @@ SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default GPU_BATCH_SIZE o
 SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default GPU_MAX_BATCH_DELAY_MS on a GPU
                                 host, else CPU_MAX_BATCH_DELAY_MS)
 SAGEMAKER_MODEL_SERVER_TIMEOUT  seconds per request to the worker (default 60)
-SAGEMAKER_MAX_PAYLOAD_IN_MB     request and response size limit (default 6)
+SAGEMAKER_MAX_PAYLOAD_IN_MB     request and response size limit (default 6, at most 1024; 0, as a
+                                Batch Transform job's MaxPayloadInMB of 0 sets it: 1024)
 SAGEMAKER_CONTAINER_LOG_LEVEL   10/20/30/40/50 or DEBUG/INFO/... (default INFO)
 SAGEMAKER_PROGRAM               user handler file in <model>/code (default inference.py; of a full path,
                                 as SDK v2's local mode sets it, the file name)
@@ -98,6 +99,9 @@ MB = 1024 * 1024
 # set, so they are conservative: one worker per GPU as before, batches of up to 32 requests, and
 # a 5 ms wait, which bounds what a lone request pays for batching.
 GPU_WORKERS_PER_GPU = 1
+# SAGEMAKER_MAX_PAYLOAD_IN_MB=0 is what a Batch Transform job with MaxPayloadInMB=0 (a payload
+# of any size) sets: the most we take (bodies over 8 MiB are spooled to disk, not held)
+ANY_PAYLOAD_MB = 1024
 GPU_BATCH_SIZE = 32
 GPU_MAX_BATCH_DELAY_MS = 5
 
@@ -362,6 +366,7 @@ class ServeConfig:
     startup_timeout_s: int = 600
     grace_period_s: int = 25
     max_payload_mb: int = 6
+    job_payload_mb: int = 6  # SAGEMAKER_MAX_PAYLOAD_IN_MB as set (0: any size), for /execution-parameters
     jvm_heap_mb: int = 0  # the torchserve engine's; 0: from memory_bytes
     model_dir: str = "/opt/ml/model"
     workdir: str | None = None
@@ -407,6 +412,7 @@ class ServeConfig:
         adaptive = not gpus and not env.get("OMP_NUM_THREADS", "").strip()
         threads = cpus if adaptive else _int(env, "OMP_NUM_THREADS", max(1, cpus // workers))
         engine = _choice(env, "BYOC_SERVING_ENGINE", ENGINES)
+        payload_mb = _int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, lo=0, hi=ANY_PAYLOAD_MB)
         multi_model = _bool(env, "SAGEMAKER_MULTI_MODEL", False)
         if multi_model and engine != "python":
             raise ConfigError(f"SAGEMAKER_MULTI_MODEL=true: the {engine} engine serves real-time endpoints "
@@ -427,7 +433,8 @@ class ServeConfig:
             timeout_s=_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
             startup_timeout_s=_int(env, "BYOC_SERVE_STARTUP_TIMEOUT", 600),
             grace_period_s=_int(env, "BYOC_SERVE_GRACE_PERIOD", 25, lo=0),
-            max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, hi=1024),
+            max_payload_mb=payload_mb or ANY_PAYLOAD_MB,
+            job_payload_mb=payload_mb,
             jvm_heap_mb=_int(env, "BYOC_SERVE_JVM_HEAP_MB", 0, lo=0),
             model_dir=env.get("SM_MODEL_DIR", "").strip() or "/opt/ml/model",
             workdir=env.get("BYOC_SERVE_WORKDIR", "").strip() or None,
@@ -464,7 +471,7 @@ class ServeConfig:
         use. One request per worker keeps every worker busy; a record set may fill the payload
         limit, and the default handlers answer a multi-record CSV or JSON-lines body per record."""
         return {"MaxConcurrentTransforms": self.workers, "BatchStrategy": self.batch_strategy,
-                "MaxPayloadInMB": self.max_payload_mb}
+                "MaxPayloadInMB": self.job_payload_mb}
 
     def worker_env(self) -> dict[str, str]:
         """Environment for the workers (and TorchServe's)."""

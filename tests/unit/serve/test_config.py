@@ -172,7 +172,8 @@ def test_log_levels(level, expected):
         ("SAGEMAKER_TS_BATCH_SIZE", "-1"),
         ("SAGEMAKER_TS_MAX_BATCH_DELAY", "-5"),
         ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "1.5"),
-        ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "0"),
+        ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "-1"),
+        ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "1025"),
         ("SAGEMAKER_CONTAINER_LOG_LEVEL", "chatty"),
         ("SAGEMAKER_SAFE_PORT_RANGE", "10000"),
         ("SAGEMAKER_SAFE_PORT_RANGE", "9-3"),
@@ -232,6 +233,14 @@ def test_execution_parameters_follow_the_settings():
     assert c.batch
     assert c.execution_parameters() == {"MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD",
                                         "MaxPayloadInMB": 100}
+
+
+def test_a_payload_limit_of_0_means_any_size():
+    # Batch Transform copies the job's MaxPayloadInMB=0 (any size, chunked) into the variable
+    c = cfg(SAGEMAKER_BATCH="true", SAGEMAKER_MAX_PAYLOAD_IN_MB=0)
+    assert c.max_payload_mb == 1024
+    assert c.execution_parameters()["MaxPayloadInMB"] == 0   # the job's own value, reported back
+    assert parse_properties(ts.render(c, "/s"))["max_request_size"] == str(1024 * MB)
 
 
 def test_page_cache_does_not_count_as_memory_held():
