@@ -28,8 +28,8 @@ from aiohttp import web
 
 from serve.config import MODEL_NAME
 from serve.engine import Engine, InferRequest, InferResponse
-from serve.errors import (BadRequest, HTTPError, MethodNotAllowed, ModelExists, NotFound, PayloadTooLarge,
-                          UnsupportedMediaType)
+from serve.errors import (BadRequest, HTTPError, InternalError, MethodNotAllowed, ModelExists, NotFound,
+                          PayloadTooLarge, UnsupportedMediaType)
 
 logger = logging.getLogger("serve.app")
 
@@ -38,6 +38,13 @@ SPOOL_CHUNK = 1024 * 1024        # written to the spool file in pieces of this s
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/")
 PAGE_SIZE = 100                  # GET /models: models per page by default
 LOAD_BODY_MAX = 1024 * 1024      # POST /models: its small JSON, read whole
+ANSWER_STARTED = "serve.answer_started"   # request key: a streamed answer's headers are sent
+
+
+class InsufficientStorage(HTTPError):
+    """A large body that cannot be spooled to disk (disk full, spool folder gone)."""
+
+    status, phrase = 507, "Insufficient Storage"
 
 
 def error_response(exc: HTTPError, headers: dict | None = None) -> web.Response:
@@ -106,8 +113,8 @@ class Front:
                 "send the payload itself as the body, with its own Content-Type"))
         try:
             infer = await self.read_request(request)
-        except HTTPError as exc:
-            return error_response(exc, {"Connection": "close"} if exc.status == 413 else None)
+        except HTTPError as exc:   # 413, 507: the rest of the body is unread
+            return error_response(exc, {"Connection": "close"} if exc.status in (413, 507) else None)
         try:
             answer = await self.engine.infer(model, infer)
         finally:
@@ -132,18 +139,20 @@ class Front:
                     raise too_large
                 chunks.append(chunk)
                 if spooled is None and size > INLINE_MAX:
-                    fd, path = tempfile.mkstemp(dir=self.spool, prefix="body-")
-                    spooled = (os.fdopen(fd, "wb"), path)
+                    spooled = _spool_file(self.spool)
                 if spooled is not None and sum(map(len, chunks)) >= SPOOL_CHUNK:
                     data, chunks = b"".join(chunks), []
-                    await loop.run_in_executor(None, spooled[0].write, data)
+                    await _spool_write(loop, spooled[0], data)
             if spooled is not None:
                 if chunks:
-                    await loop.run_in_executor(None, spooled[0].write, b"".join(chunks))
+                    await _spool_write(loop, spooled[0], b"".join(chunks))
                 spooled[0].close()
         except BaseException:
             if spooled is not None:
-                spooled[0].close()
+                try:
+                    spooled[0].close()   # a full disk can fail the flush too
+                except OSError:
+                    pass
                 _unlink(spooled[1])
             raise
         headers = request.headers
@@ -160,6 +169,7 @@ class Front:
             response = web.StreamResponse(status=answer.status, headers=headers)
             response.content_length = os.path.getsize(answer.body_path)
             await response.prepare(request)
+            request[ANSWER_STARTED] = True   # from here an error can only cut the connection
             with open(answer.body_path, "rb") as f:
                 while chunk := f.read(SPOOL_CHUNK):
                     await response.write(chunk)
@@ -266,6 +276,44 @@ def _not_allowed(request: web.Request, allowed: str) -> web.Response:
                           {"Allow": allowed if "GET" not in allowed else allowed.replace("GET", "GET, HEAD")})
 
 
+def _spool_file(folder: str):
+    try:
+        fd, path = tempfile.mkstemp(dir=folder, prefix="body-")
+    except OSError as exc:
+        raise _no_room(exc) from None
+    return os.fdopen(fd, "wb"), path
+
+
+async def _spool_write(loop, f, data: bytes) -> None:
+    try:
+        await loop.run_in_executor(None, f.write, data)
+    except OSError as exc:
+        raise _no_room(exc) from None
+
+
+def _no_room(exc: OSError) -> InsufficientStorage:
+    # the reason without the path: the spool folder is the server's business
+    logger.warning("a request body could not be spooled: %s", exc)
+    return InsufficientStorage(f"the request body could not be written to disk ({exc.strerror or 'I/O error'})")
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Any failure a route did not answer itself becomes our JSON 500, never aiohttp's text/plain
+    one; the traceback is logged here, once."""
+    try:
+        return await handler(request)
+    except (web.HTTPException, ConnectionResetError):   # aiohttp's own answers; a client gone
+        raise
+    except HTTPError as exc:
+        return error_response(exc)
+    except Exception:
+        if request.get(ANSWER_STARTED):   # the status line is sent: only cutting the connection is left
+            raise
+        logger.exception("%s %s failed", request.method, request.path[:100])
+        return error_response(InternalError("the server failed to answer this request (see its log)"))
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -276,6 +324,6 @@ def _unlink(path: str) -> None:
 def make_app(front: Front) -> web.Application:
     # client_max_size is aiohttp's own limit for request.read(); bodies are read against
     # max_body here, so it only has to let the small JSON of a load request through.
-    app = web.Application(client_max_size=LOAD_BODY_MAX)
+    app = web.Application(client_max_size=LOAD_BODY_MAX, middlewares=[json_errors])
     app.router.add_route("*", "/{tail:.*}", front.handle)
     return app

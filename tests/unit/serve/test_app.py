@@ -4,6 +4,7 @@ the engine unchanged, its body spooled to disk when large."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 
@@ -170,6 +171,56 @@ def test_a_large_body_is_spooled_to_disk_and_removed_after(tmp_path, monkeypatch
         assert engine.seen[0][2] == body
         assert os.listdir(tmp_path) == []
     run(check, tmp_path=tmp_path, limit=10_000)
+
+
+class DiskFull:
+    """A spool file on a full disk: every write fails with ENOSPC."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self):
+        self.f.close()
+
+
+def test_a_body_the_disk_cannot_hold_gets_507_in_our_json_shape_and_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(app_mod, "INLINE_MAX", 100)
+    monkeypatch.setattr(app_mod, "SPOOL_CHUNK", 64)
+    real = os.fdopen
+    monkeypatch.setattr(app_mod.os, "fdopen", lambda fd, mode: DiskFull(real(fd, mode)))
+
+    async def check(client, engine, front):
+        doc = await json_error(await client.post("/invocations", data=os.urandom(5000)), 507)
+        assert "No space left" in doc["message"] and str(tmp_path) not in doc["message"]
+        assert os.listdir(tmp_path) == [] and engine.seen == []
+    run(check, tmp_path=tmp_path, limit=10_000)
+
+
+def test_a_spool_folder_gone_gets_507(tmp_path, monkeypatch):
+    monkeypatch.setattr(app_mod, "INLINE_MAX", 100)
+    spool = tmp_path / "spool"
+
+    async def check(client, engine, front):
+        front.spool = str(spool)   # never created
+        doc = await json_error(await client.post("/invocations", data=os.urandom(5000)), 507)
+        assert str(spool) not in doc["message"] and engine.seen == []
+    run(check, tmp_path=tmp_path, limit=10_000)
+
+
+def test_an_unexpected_failure_is_a_json_500_logged_once(caplog):
+    async def check(client, engine, front):
+        async def broken(name, request):
+            raise RuntimeError("a bug")
+        engine.infer = broken
+        doc = await json_error(await client.post("/invocations", data=b"x"), 500)
+        assert "a bug" not in doc["message"]
+        failed = [r for r in caplog.records if r.name == "serve.app" and r.exc_info]
+        assert len(failed) == 1 and "RuntimeError: a bug" in caplog.text
+        assert (await client.get("/ping")).status == 200
+    run(check)
 
 
 def test_execution_parameters():
