@@ -211,7 +211,7 @@ class Front:
             return error_response(PayloadTooLarge(
                 f'the body is over {LOAD_BODY_MAX} bytes: it is JSON, {{"model_name": ..., "url": ...}}'),
                 {"Connection": "close"})
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):   # RecursionError: JSON nested too deep
             return error_response(BadRequest('the body must be JSON: {"model_name": ..., "url": ...}'))
         if not isinstance(name, str) or not name or "/" in name or not isinstance(url, str) or not url:
             return error_response(BadRequest('the body must name the model and where it is: '

@@ -273,6 +273,14 @@ def test_two_concurrent_loads_of_one_name_one_gets_409(tmp_path):
     run(check, multi_model=True, tmp_path=tmp_path)
 
 
+@pytest.mark.parametrize("body", [b"[" * 100_000, b"not json", b"[1]", b"\xff"])
+def test_a_load_request_that_is_not_a_json_object_gets_400(tmp_path, body):
+    async def check(client, engine, front):
+        await json_error(await client.post("/models", data=body), 400)
+        assert engine.loaded == {}
+    run(check, multi_model=True, tmp_path=tmp_path)
+
+
 def test_a_load_request_over_1_mib_gets_413_in_our_json_shape(tmp_path):
     async def check(client, engine, front):
         resp = await client.post("/models", data=b"{" + b" " * (2 << 20) + b"}",
