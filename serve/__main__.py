@@ -120,7 +120,8 @@ async def run(cfg: ServeConfig) -> int:
     await engine.stop()
     await runner.cleanup()
     if reason is not None:
-        logger.error("%s", reason)   # the last line: why the container stops
+        # the last line, why the container stops: CRITICAL, which no log level hides
+        logger.critical("%s", reason)
         return 1
     logger.info("stopped on %s", signal.Signals(received[0]).name)
     return 0
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(run(cfg))
     except StartupError as exc:
-        logger.error("%s", exc)
+        logger.critical("%s", exc)   # the last line, at a level no log level hides
         return 1
 
 

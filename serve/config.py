@@ -29,7 +29,7 @@ SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default GPU_MAX_BATC
 SAGEMAKER_MODEL_SERVER_TIMEOUT  seconds per request to the worker (default 60)
 SAGEMAKER_MAX_PAYLOAD_IN_MB     request and response size limit (default 6, at most 1024; 0, as a
                                 Batch Transform job's MaxPayloadInMB of 0 sets it: 1024)
-SAGEMAKER_CONTAINER_LOG_LEVEL   10/20/30/40/50 or DEBUG/INFO/... (default INFO)
+SAGEMAKER_CONTAINER_LOG_LEVEL   0..50 or DEBUG/INFO/... (default INFO)
 SAGEMAKER_PROGRAM               user handler file in <model>/code (default inference.py; of a full path,
                                 as SDK v2's local mode sets it, the file name)
 SM_MODEL_DIR                    model directory (default /opt/ml/model)
@@ -171,12 +171,12 @@ def _log_level(env: Mapping[str, str]) -> int:
     raw = env.get("SAGEMAKER_CONTAINER_LOG_LEVEL", "").strip()
     if not raw:
         return logging.INFO
-    if raw.isdigit():
-        return int(raw)
-    level = logging.getLevelName(raw.upper())
-    if not isinstance(level, int):
+    # isdigit() alone takes "²", which int() refuses; above CRITICAL (50) even the last line,
+    # why the server stops, would be hidden
+    level = int(raw) if raw.isascii() and raw.isdigit() else logging.getLevelName(raw.upper())
+    if not isinstance(level, int) or not 0 <= level <= logging.CRITICAL:
         raise ConfigError(
-            f"SAGEMAKER_CONTAINER_LOG_LEVEL={raw!r}: use 10..50 or DEBUG/INFO/WARNING/ERROR/CRITICAL"
+            f"SAGEMAKER_CONTAINER_LOG_LEVEL={raw!r}: use 0..50 or DEBUG/INFO/WARNING/ERROR/CRITICAL"
         )
     return level
 

@@ -155,7 +155,8 @@ def test_every_variable_is_in_the_documented_list():
     assert not missing
 
 
-@pytest.mark.parametrize("level,expected", [("10", 10), ("debug", 10), ("ERROR", 40), ("", 20)])
+@pytest.mark.parametrize("level,expected", [("10", 10), ("debug", 10), ("ERROR", 40), ("", 20), ("0", 0),
+                                            ("50", 50), ("critical", 50)])
 def test_log_levels(level, expected):
     assert cfg(SAGEMAKER_CONTAINER_LOG_LEVEL=level).log_level == expected
 
@@ -175,6 +176,10 @@ def test_log_levels(level, expected):
         ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "-1"),
         ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "1025"),
         ("SAGEMAKER_CONTAINER_LOG_LEVEL", "chatty"),
+        ("SAGEMAKER_CONTAINER_LOG_LEVEL", "51"),    # would hide why the server stops
+        ("SAGEMAKER_CONTAINER_LOG_LEVEL", "100"),
+        ("SAGEMAKER_CONTAINER_LOG_LEVEL", "\u00b2"),   # a digit to isdigit(), not to int()
+        ("SAGEMAKER_CONTAINER_LOG_LEVEL", "-10"),
         ("SAGEMAKER_SAFE_PORT_RANGE", "10000"),
         ("SAGEMAKER_SAFE_PORT_RANGE", "9-3"),
         ("SAGEMAKER_SAFE_PORT_RANGE", "10000-10003"),  # fewer than 5 ports

@@ -16,3 +16,12 @@ def test_an_unusable_workdir_stops_serve_with_a_one_line_reason(tmp_path, monkey
         assert serve_main.main(["serve"]) == 1
     last = caplog.records[-1].getMessage()
     assert "BYOC_SERVE_WORKDIR" in last and str(taken / "work") in last and "Not a directory" in last
+
+
+def test_the_reason_it_stops_is_logged_at_the_highest_log_level(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("SAGEMAKER_CONTAINER_LOG_LEVEL", "50")
+    monkeypatch.setenv("BYOC_SERVE_WORKDIR", str(tmp_path))
+    monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "none"))
+    caplog.set_level(logging.CRITICAL)   # what the user's level 50 leaves
+    assert serve_main.main(["serve"]) == 1
+    assert caplog.records and "SM_MODEL_DIR" in caplog.records[-1].getMessage()
