@@ -210,9 +210,10 @@ def _decode_npy(data: bytes) -> np.ndarray:
     return arr
 
 
-def _decode_json(data: bytes) -> np.ndarray:
+def _decode_json(data: bytes, record: bool = False) -> np.ndarray:
+    """``record``: a line of JSON lines, which may also be one number."""
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        obj = json.loads(data.decode("utf-8-sig"), parse_constant=_reject_constant)   # a BOM, as json.loads(bytes) takes
     except Exception as exc:
         raise BadRequest(f"body is not valid JSON: {_short(exc)}") from None
     if isinstance(obj, dict):
@@ -223,6 +224,8 @@ def _decode_json(data: bytes) -> np.ndarray:
                 break
         else:
             raise BadRequest('JSON object must hold "instances", "inputs" or "data"')
+    if record and isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        return np.array(obj)
     if not isinstance(obj, list):
         raise BadRequest("JSON body must be a (nested) list of numbers")
     try:
@@ -242,7 +245,7 @@ def _decode_jsonlines(data: bytes) -> np.ndarray:
         if not line.strip():
             continue
         try:
-            records.append(_decode_json(line))
+            records.append(_decode_json(line, record=True))
         except BadRequest as exc:
             raise BadRequest(f"application/jsonlines line {n}: {exc.message}") from None
     if not records:
@@ -254,7 +257,7 @@ def _decode_jsonlines(data: bytes) -> np.ndarray:
 
 def _decode_csv(data: bytes) -> np.ndarray:
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
         rows = [line for line in text.splitlines() if line.strip()]
         arr = np.array([[float(x) for x in line.split(",")] for line in rows])
     except Exception:
@@ -269,16 +272,25 @@ def _short(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- encoding
+def _numpy(tensor) -> np.ndarray:
+    """A torch.Tensor as an ndarray, without importing torch here: bfloat16 (no numpy
+    type) as float32, which holds every bfloat16 value exactly."""
+    tensor = tensor.detach().cpu()
+    if str(tensor.dtype) == "torch.bfloat16":
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
 def to_plain(obj):
     """Tensors/ndarrays (nested in dicts/lists) -> JSON-able Python values."""
-    if hasattr(obj, "detach"):  # torch.Tensor, without importing torch here
-        obj = obj.detach().cpu().numpy()
+    if hasattr(obj, "detach"):  # torch.Tensor
+        obj = _numpy(obj)
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind == "f" and not np.isfinite(obj).all():
             return to_plain(obj.tolist())  # slow path only when NaN/inf present
         return obj.tolist()
     if isinstance(obj, np.generic):
-        return obj.item()
+        return to_plain(obj.item())   # a NaN scalar too becomes null
     if isinstance(obj, dict):
         return {str(k): to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -291,7 +303,7 @@ def to_plain(obj):
 def encode_lines(records) -> str:
     """One JSON line per record: the first axis of an array, or the items of a list."""
     if hasattr(records, "detach"):
-        records = records.detach().cpu().numpy()
+        records = _numpy(records)
     if isinstance(records, np.ndarray) and records.ndim == 0:
         records = records.reshape(1)
     if not isinstance(records, (list, tuple, np.ndarray)):
@@ -311,7 +323,7 @@ def encode(obj, accept: str) -> bytes:
         out = encode_lines(obj)
     else:
         if hasattr(obj, "detach"):
-            obj = obj.detach().cpu().numpy()
+            obj = _numpy(obj)
         arr = np.asarray(obj)
         if arr.dtype.kind not in _NUMERIC_KINDS:
             raise NotAcceptable(f"{mtype} needs a numeric array; ask for application/json")

@@ -7,6 +7,7 @@ server-side and sends only ``body()``.
 from __future__ import annotations
 
 import json
+import re
 
 
 class HTTPError(Exception):
@@ -79,16 +80,20 @@ def client_message(exc: BaseException, limit: int = 300) -> str:
     Used for errors that are the request's fault (e.g. in a user's input_fn):
     the message helps the caller; server paths are cut so none leak.
     """
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = str(exc)
+    if "Traceback of TorchScript" in text:
+        # a TorchScript model's error starts with its own traceback (code and paths);
+        # the reason is the last line
+        text = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+    text = " ".join(text.split()) or type(exc).__name__
     text = _strip_paths(text)
     return text[:limit]
 
 
+# An absolute path or file URL, also inside other text (path=/opt/..., {'/opt/...': 1}): a file
+# that failed to open or a module's location says nothing useful to a client and describes the server.
+_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z][A-Za-z0-9+.-]*://)?/[^\s'\"(),\]}]+")
+
+
 def _strip_paths(text: str) -> str:
-    # Absolute paths (a file that failed to open, a module location) say
-    # nothing useful to a client and describe the server: drop them.
-    out = []
-    for word in text.split(" "):
-        core = word.strip("'\"()[],:")
-        out.append("<path>" if core.startswith("/") and len(core) > 1 else word)
-    return " ".join(out)
+    return _PATH.sub("<path>", text)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import linecache
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,6 +25,11 @@ from serve.errors import BadRequest, HTTPError, InternalError, NotAcceptable, Pa
 logger = logging.getLogger(__name__)
 
 DEFAULT_ACCEPT = codecs.JSON
+
+
+def _no_preference(accept: str | None) -> bool:
+    """No Accept, or only */*: the client takes whatever the server answers by default."""
+    return not accept or all(codecs.parse_media_type(item)[0] in ("", "*/*") for item in accept.split(","))
 
 
 def default_accept(content_type: str) -> str:
@@ -178,8 +185,14 @@ class HandlerService:
         with the list tried. When it fails for the default type too, the
         user's function is broken: 500."""
         refused, default_works, default = [], None, default_accept(r.content_type)
+        choices = codecs.accept_choices(r.accept, default)
+        # JSON lines is the default for a JSON-lines request; an output_fn written for JSON
+        # alone (SageMaker's toolkit asks it for JSON) then answers in JSON instead of failing
+        fallback = default != DEFAULT_ACCEPT and _no_preference(r.accept)
+        if fallback:
+            choices.append((DEFAULT_ACCEPT, {}))
         with _failures(r, stage):
-            for accept, params in codecs.accept_choices(r.accept, default):
+            for accept, params in choices:
                 try:
                     with request_params.scoped(_params_of(r, params)):
                         r.output, r.output_type = _as_response(produce(accept), accept)
@@ -191,12 +204,14 @@ class HandlerService:
                 except Exception as exc:
                     logger.info("%s refused %s for request %d: %r", stage, accept, r.idx, exc)
                     refused.append(accept)
+                    if fallback and accept == default:
+                        continue
                     if default_works is None:
                         default_works = accept != default and self._produces_default(r, produce, default)
                     if not default_works:
                         raise
             raise NotAcceptable(
-                f"cannot produce {r.accept[:200]!r}; tried: {', '.join(refused) or 'none of its types'}"
+                f"cannot produce {r.accept[:200]!r}; tried: {', '.join(refused)[:200] or 'none of its types'}"
                 f" (the default is {default})")
 
     @staticmethod
@@ -293,8 +308,20 @@ def _rejects_input(exc: BaseException) -> bool:
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
+    if tb is None:
+        return False
     torch_dir = os.path.dirname(torch.__file__) + os.sep
-    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(torch_dir)
+    if tb.tb_frame.f_code.co_filename.startswith(torch_dir):
+        return True
+    # A torch op called straight from the user's forward (x @ w, torch.matmul): its C code
+    # raised on the line of the call. Not a raise statement of the user's own, and in torch's
+    # words for a shape or dtype it cannot take.
+    line = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).lstrip()
+    return isinstance(exc, RuntimeError) and not line.startswith("raise") and _SHAPE_OR_DTYPE.search(text) is not None
+
+
+_SHAPE_OR_DTYPE = re.compile(r"shapes? .*(cannot|must|mismatch)|size of tensor|must match the size|dimension|"
+                             r"expected .*(dtype|scalar type|input|size|shape)|not implemented for '")
 
 
 def _compiler_failure(exc: BaseException) -> bool:

@@ -183,3 +183,31 @@ def test_error_body_is_json_without_paths():
     err = BadRequest(client_message(FileNotFoundError("[Errno 2] No such file: '/opt/ml/model/x.pt'")))
     body = json.loads(err.body())
     assert body["code"] == 400 and "/opt/ml" not in body["message"]
+
+
+# ---------------------------------------------------------------- a review's findings (2026-12-07)
+def test_a_nan_numpy_scalar_and_a_bfloat16_tensor_encode_as_json():
+    import torch
+    assert json.loads(codecs.encode({"s": np.float64("inf"), "t": np.float32("nan")}, codecs.JSON)) == \
+        {"s": None, "t": None}
+    out = torch.tensor([[0.5, -2.0]], dtype=torch.bfloat16)
+    assert json.loads(codecs.encode(out, codecs.JSON)) == [[0.5, -2.0]]
+    assert np.load(io.BytesIO(codecs.encode(out, codecs.NPY))).tolist() == [[0.5, -2.0]]
+
+
+def test_a_utf8_bom_is_taken_as_json_loads_takes_it():
+    assert codecs.decode_array(b"\xef\xbb\xbf[[1, 2]]", codecs.JSON).tolist() == [[1, 2]]
+    assert codecs.decode_array(b"\xef\xbb\xbf1,2\n3,4\n", codecs.CSV).tolist() == [[1, 2], [3, 4]]
+
+
+def test_json_lines_records_may_be_numbers():
+    assert codecs.decode_array(b"1\n2.5\n", codecs.JSONLINES).tolist() == [1.0, 2.5]
+    with pytest.raises(BadRequest):
+        codecs.decode_array(b"true\nfalse\n", codecs.JSONLINES)
+
+
+def test_server_paths_are_cut_also_inside_other_text():
+    from serve.errors import client_message
+    for text in ("path=/opt/ml/model/x.pt", "{'/opt/ml/model/x.pt': 1}", "file:///opt/ml/model/x.pt"):
+        assert "opt" not in client_message(ValueError(text)), text
+    assert client_message(ValueError("a/b ratio 1/2, expected 3")) == "a/b ratio 1/2, expected 3"

@@ -450,3 +450,78 @@ def test_jsonlines_images_get_one_top_k_line_each(classifier, model_dir):
         want = {p["label"]: p["probability"] for p in json.loads(alone)["predictions"]}
         got = {p["label"]: p["probability"] for p in line["predictions"]}
         assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-4 for k in want)
+
+
+# ---------------------------------------------------------------- a review's findings (2026-12-07)
+def scripted_linear(model_dir):
+    """A TorchScript model.pt (the AWS DLC's usual artifact), served by the tensor handler."""
+    import torch
+    torch.manual_seed(0)
+    torch.jit.script(torch.nn.Sequential(torch.nn.Linear(4, 2))).save(str(model_dir / "model.pt"))
+    return model_dir
+
+
+def test_a_torchscript_models_refusal_gives_its_reason_not_its_traceback(tmp_path):
+    model_dir = scripted_linear(tmp_path)
+    s = service_for(model_dir)
+    (code, _, body), = run_batch(s, model_dir, [(b"[[1, 2, 3]]", {"Content-Type": "application/json"})])
+    message = json.loads(body)["message"]
+    assert code == 400 and "mat1 and mat2 shapes cannot be multiplied" in message
+    assert "Traceback" not in message and "code/__torch__" not in message
+
+
+def test_a_shape_error_from_a_torch_op_in_the_users_forward_is_400_and_their_own_raise_500(tmp_path):
+    write_code(tmp_path, """
+        import json, torch
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.randn(4, 2))
+            def forward(self, x):
+                if x.shape[-1] == 5:
+                    raise RuntimeError("shapes of 5 columns are not supported: my own rule")
+                return x @ self.w
+        def model_fn(model_dir):
+            return Net().eval()
+        def input_fn(body, content_type):
+            return torch.tensor(json.loads(body), dtype=torch.float32)
+        def output_fn(prediction, accept):
+            return json.dumps(prediction.tolist())
+    """)
+    s = service_for(tmp_path)
+    res = run_batch(s, tmp_path, [(b"[[1, 2, 3]]", {"Content-Type": "application/json"}),
+                                  (b"[[1, 2, 3, 4, 5]]", {"Content-Type": "application/json"}),
+                                  (b"[[1, 2, 3, 4]]", {"Content-Type": "application/json"})])
+    assert [code for code, _, _ in res] == [400, 500, 200]
+    assert "shapes cannot be multiplied" in json.loads(res[0][2])["message"]
+
+
+JSON_ONLY_OUTPUT = """
+    import json, torch
+    def model_fn(model_dir):
+        torch.manual_seed(0)
+        return torch.nn.Linear(4, 2).eval()
+    def input_fn(body, content_type):
+        return torch.tensor([json.loads(line) for line in body.decode().splitlines()], dtype=torch.float32)
+    def output_fn(prediction, accept):
+        if accept == "application/json":
+            return json.dumps(prediction.tolist())
+        raise ValueError("unsupported accept " + accept)
+"""
+
+
+@pytest.mark.parametrize("accept", [None, "*/*"])
+def test_a_json_lines_request_to_an_output_fn_for_json_alone_gets_json(tmp_path, accept):
+    """SageMaker's toolkit asks output_fn for JSON when the client names no type; our
+    default for JSON lines is JSON lines, which such an output_fn refuses: JSON then."""
+    write_code(tmp_path, JSON_ONLY_OUTPUT)
+    s = service_for(tmp_path)
+    headers = {"Content-Type": "application/jsonlines", **({"Accept": accept} if accept else {})}
+    (code, ctype, body), = run_batch(s, tmp_path, [(b"[1, 2, 3, 4]\n[4, 3, 2, 1]", headers)])
+    assert code == 200 and ctype == "application/json" and np.array(json.loads(body)).shape == (2, 2)
+
+
+def test_an_unacceptable_types_406_message_stays_short(workshop, model_dir, jpeg_bytes):
+    accept = ", ".join(f"text/x-{i}" for i in range(5000))
+    (code, _, body), = run_batch(workshop, model_dir, [(jpeg_bytes, {"Content-Type": "image/jpeg", "Accept": accept})])
+    assert code == 406 and len(body) < 1000
