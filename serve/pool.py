@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -158,7 +160,7 @@ class PythonEngine(Engine):
             raise NotFound(f"no model at {model.url!r}: {missing}")
         if model.name != self.required_model:
             self._check_memory(model)
-        site = os.path.join(self.workdir, "site-packages", model.name)
+        site = self._site(model.name)
         try:
             installed = await asyncio.get_running_loop().run_in_executor(
                 None, requirements.install, model.model_dir, site, self.cfg.install_requirements)
@@ -234,6 +236,13 @@ class PythonEngine(Engine):
         except asyncio.TimeoutError:
             pass
         await asyncio.gather(*(self._stop_worker(w) for w in model.workers))
+        if name not in self.served:   # its requirements go with it, unless the name is loading again
+            await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(shutil.rmtree, self._site(name), ignore_errors=True))
+
+    def _site(self, name: str) -> str:
+        """Where a model's code/requirements.txt is installed."""
+        return os.path.join(self.workdir, "site-packages", name)
 
     def models(self) -> list[ModelInfo]:
         return [m.info() for m in self.served.values()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -26,9 +27,12 @@ class RequirementsError(Exception):
 
 
 def install(model_dir: str, target: str, allowed: bool) -> str | None:
-    """Install <model_dir>/code/requirements.txt into ``target``; return ``target`` for
+    """Install <model_dir>/code/requirements.txt into ``target``, emptied first; return ``target`` for
     PYTHONPATH, or None when there is nothing to install (or installing is off).
     ``allowed``: ServeConfig.install_requirements (BYOC_INSTALL_REQUIREMENTS)."""
+    # pip --target keeps a package already there: what an earlier model of this name installed
+    # would win over this one's requirements
+    shutil.rmtree(target, ignore_errors=True)
     code = artifact.code_dir(model_dir)
     requirements = os.path.join(code, "requirements.txt")
     if not os.path.isfile(requirements):

@@ -70,3 +70,16 @@ def test_ping_is_healthy_while_a_multi_model_load_runs_but_not_a_real_time_one(t
         return answers
     multi, real_time = run(check())
     assert multi == (True, "") and real_time == (False, "loading model")
+
+
+def test_an_unloaded_model_takes_its_requirements_with_it(tmp_path):
+    # pip --target keeps what is there: a name loaded again would run the old packages
+    async def check():
+        cfg = ServeConfig.from_env({"SAGEMAKER_MULTI_MODEL": "true"}, gpus=0, cpus=2, memory_bytes=None)
+        engine = pool.PythonEngine(cfg, str(tmp_path / "work"), required_model=None)
+        site = tmp_path / "work" / "site-packages" / "m"
+        (site / "old_pkg").mkdir(parents=True)
+        engine.served["m"] = pool.ServedModel("m", str(tmp_path), str(tmp_path))
+        await engine.unload("m")
+        return site.exists(), (tmp_path / "work" / "site-packages").exists()
+    assert run(check()) == (False, True)

@@ -66,3 +66,17 @@ def test_a_failing_install_says_why(tmp_path):
     with pytest.raises(requirements.RequirementsError, match="not_in_the_wheelhouse") as failed:
         requirements.install(str(model), str(tmp_path / "site"), True)
     assert "pip install -r code/requirements.txt failed" in str(failed.value)
+
+
+def test_an_install_replaces_what_the_folder_held(tmp_path):
+    # pip --target leaves a package already in the folder: a model loaded again under its name
+    # with a new requirements.txt would run the old one
+    site = tmp_path / "site"
+    (site / "byoc_extra").mkdir(parents=True)
+    (site / "byoc_extra" / "__init__.py").write_text("ANSWER = 'old'\n")
+    (site / "leftover").mkdir()
+    model = model_with_requirements(tmp_path, "byoc_extra==0.2\n")
+    write_wheel(model / "code" / "wheelhouse", version="0.2")
+    assert requirements.install(str(model), str(site), True) == str(site)
+    assert not (site / "leftover").exists()
+    assert (site / "byoc_extra" / "__init__.py").read_text() == "ANSWER = 42\n"
