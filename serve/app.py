@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import tempfile
+import unicodedata
 
 from aiohttp import web
 
@@ -38,6 +39,7 @@ SPOOL_CHUNK = 1024 * 1024        # written to the spool file in pieces of this s
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/")
 PAGE_SIZE = 100                  # GET /models: models per page by default
 LOAD_BODY_MAX = 1024 * 1024      # POST /models: its small JSON, read whole
+MODEL_NAME_MAX = 1024            # POST /models: the longest model_name
 ANSWER_STARTED = "serve.answer_started"   # request key: a streamed answer's headers are sent
 
 
@@ -213,9 +215,16 @@ class Front:
                 {"Connection": "close"})
         except (ValueError, AttributeError, RecursionError):   # RecursionError: JSON nested too deep
             return error_response(BadRequest('the body must be JSON: {"model_name": ..., "url": ...}'))
-        if not isinstance(name, str) or not name or "/" in name or not isinstance(url, str) or not url:
+        if not isinstance(name, str) or not name or not isinstance(url, str) or not url:
             return error_response(BadRequest('the body must name the model and where it is: '
                                              '{"model_name": "name", "url": "/opt/ml/models/name/model"}'))
+        # the name is a segment of /models/{name}: "." and ".." are normalised away by the
+        # client or aiohttp, so such a model could never be invoked or deleted
+        if (name in (".", "..") or "/" in name or len(name) > MODEL_NAME_MAX
+                or any(unicodedata.category(c) == "Cc" for c in name)):
+            return error_response(BadRequest(
+                f'model_name {name[:100]!r}: not "." or "..", no "/" or control characters, '
+                f"at most {MODEL_NAME_MAX} characters"))
         if name in self.loading or any(m.name == name for m in self.engine.models()):
             return error_response(ModelExists(f"model {name!r} is already loaded"))
         self.loading.add(name)

@@ -281,6 +281,19 @@ def test_a_load_request_that_is_not_a_json_object_gets_400(tmp_path, body):
     run(check, multi_model=True, tmp_path=tmp_path)
 
 
+@pytest.mark.parametrize("name", [".", "..", "a/b", "a\nb", "a\x00b", "a\x7fb", "x" * 1025])
+def test_a_model_name_that_cannot_be_a_path_segment_gets_400(tmp_path, name):
+    (tmp_path / "a").mkdir()
+
+    async def check(client, engine, front):
+        await json_error(await client.post("/models", json={"model_name": name, "url": str(tmp_path / "a")}), 400)
+        assert engine.loaded == {}
+        # the longest name and one of other scripts load
+        for good in ("x" * 1024, "m\u00e9\u4e2d", "a.b"):
+            assert (await client.post("/models", json={"model_name": good, "url": str(tmp_path / "a")})).status == 200
+    run(check, multi_model=True, tmp_path=tmp_path)
+
+
 def test_a_load_request_over_1_mib_gets_413_in_our_json_shape(tmp_path):
     async def check(client, engine, front):
         resp = await client.post("/models", data=b"{" + b" " * (2 << 20) + b"}",
