@@ -21,12 +21,12 @@ SAGEMAKER_SAFE_PORT_RANGE       "lo-hi": the torchserve engine's management, met
                                 8083); all on 127.0.0.1 only
 SAGEMAKER_MODEL_SERVER_WORKERS  workers (default: GPU_WORKERS_PER_GPU per GPU, else one per CPU core
                                 of the cgroup's quota, as many as the container's memory holds;
-                                on a multi-model endpoint, per model: default 1)
+                                on a multi-model endpoint, per model: default 1; at most 1024)
 SAGEMAKER_TS_BATCH_SIZE         max requests per batch (default GPU_BATCH_SIZE on a GPU host, else
                                 CPU_BATCH_SIZE)
 SAGEMAKER_TS_MAX_BATCH_DELAY    ms to wait to fill a batch (default GPU_MAX_BATCH_DELAY_MS on a GPU
-                                host, else CPU_MAX_BATCH_DELAY_MS)
-SAGEMAKER_MODEL_SERVER_TIMEOUT  seconds per request to the worker (default 60)
+                                host, else CPU_MAX_BATCH_DELAY_MS; at most 60000)
+SAGEMAKER_MODEL_SERVER_TIMEOUT  seconds per request to the worker (default 60, at most 3600)
 SAGEMAKER_MAX_PAYLOAD_IN_MB     request and response size limit (default 6, at most 1024; 0, as a
                                 Batch Transform job's MaxPayloadInMB of 0 sets it: 1024)
 SAGEMAKER_CONTAINER_LOG_LEVEL   0..50 or DEBUG/INFO/... (default INFO)
@@ -35,8 +35,8 @@ SAGEMAKER_PROGRAM               user handler file in <model>/code (default infer
 SM_MODEL_DIR                    model directory (default /opt/ml/model)
 BYOC_SERVE_WORKDIR              writable dir for installed requirements, spooled bodies and the
                                 torchserve engine's files (default: a new temp dir)
-BYOC_SERVE_STARTUP_TIMEOUT      s to wait for the model to load (default 600)
-BYOC_SERVE_GRACE_PERIOD         s to drain after SIGTERM before a hard stop (default 25)
+BYOC_SERVE_STARTUP_TIMEOUT      s to wait for the model to load (default 600, at most 3600)
+BYOC_SERVE_GRACE_PERIOD         s to drain after SIGTERM before a hard stop (default 25, at most 3600)
 BYOC_SERVE_JVM_HEAP_MB          the torchserve engine's Java heap (default: from the container's
                                 memory limit)
 OMP_NUM_THREADS                 torch threads per worker (default on GPU: cpus // workers; on
@@ -99,6 +99,11 @@ MB = 1024 * 1024
 # set, so they are conservative: one worker per GPU as before, batches of up to 32 requests, and
 # a 5 ms wait, which bounds what a lone request pays for batching.
 GPU_WORKERS_PER_GPU = 1
+# Upper bounds: a typo (100000 for 1000) is refused at start, not found an hour into a request;
+# all stay well inside the Java ints of TorchServe's config. 3600 s is asynchronous inference's
+# longest request.
+MAX_SECONDS = 3600
+MAX_WORKERS = 1024
 # SAGEMAKER_MAX_PAYLOAD_IN_MB=0 is what a Batch Transform job with MaxPayloadInMB=0 (a payload
 # of any size) sets: the most we take (bodies over 8 MiB are spooled to disk, not held)
 ANY_PAYLOAD_MB = 1024
@@ -408,7 +413,7 @@ class ServeConfig:
         # threads adapt (serve/handler.py): a worker alone gets every core, and
         # under load each gets one, so workers x threads never exceeds the cores
         # (oversubscription is what sinks the AWS stack's defaults under load).
-        workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", gpus * GPU_WORKERS_PER_GPU or cpus)
+        workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", gpus * GPU_WORKERS_PER_GPU or cpus, hi=MAX_WORKERS)
         adaptive = not gpus and not env.get("OMP_NUM_THREADS", "").strip()
         threads = cpus if adaptive else _int(env, "OMP_NUM_THREADS", max(1, cpus // workers))
         engine = _choice(env, "BYOC_SERVING_ENGINE", ENGINES)
@@ -425,14 +430,15 @@ class ServeConfig:
             backend_port=backend,
             workers=workers,
             workers_set=bool(env.get("SAGEMAKER_MODEL_SERVER_WORKERS", "").strip()),
-            model_workers=_int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", 1),
+            model_workers=_int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", 1, hi=MAX_WORKERS),
             threads_per_worker=threads,
             batch_size=_int(env, "SAGEMAKER_TS_BATCH_SIZE", GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE, hi=1024),
             max_batch_delay_ms=_int(env, "SAGEMAKER_TS_MAX_BATCH_DELAY",
-                                    GPU_MAX_BATCH_DELAY_MS if gpus else CPU_MAX_BATCH_DELAY_MS, lo=0),
-            timeout_s=_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
-            startup_timeout_s=_int(env, "BYOC_SERVE_STARTUP_TIMEOUT", 600),
-            grace_period_s=_int(env, "BYOC_SERVE_GRACE_PERIOD", 25, lo=0),
+                                    GPU_MAX_BATCH_DELAY_MS if gpus else CPU_MAX_BATCH_DELAY_MS, lo=0,
+                                    hi=60_000),
+            timeout_s=_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60, hi=MAX_SECONDS),
+            startup_timeout_s=_int(env, "BYOC_SERVE_STARTUP_TIMEOUT", 600, hi=MAX_SECONDS),
+            grace_period_s=_int(env, "BYOC_SERVE_GRACE_PERIOD", 25, lo=0, hi=MAX_SECONDS),
             max_payload_mb=payload_mb or ANY_PAYLOAD_MB,
             job_payload_mb=payload_mb,
             jvm_heap_mb=_int(env, "BYOC_SERVE_JVM_HEAP_MB", 0, lo=0),

@@ -173,6 +173,13 @@ def test_log_levels(level, expected):
         ("SAGEMAKER_TS_BATCH_SIZE", "-1"),
         ("SAGEMAKER_TS_MAX_BATCH_DELAY", "-5"),
         ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "1.5"),
+        # upper bounds: a typo is refused at start (and TorchServe's config takes Java ints)
+        ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "3601"),
+        ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "99999999999999"),
+        ("SAGEMAKER_MODEL_SERVER_WORKERS", "1025"),
+        ("SAGEMAKER_TS_MAX_BATCH_DELAY", "60001"),
+        ("BYOC_SERVE_STARTUP_TIMEOUT", "3601"),
+        ("BYOC_SERVE_GRACE_PERIOD", "3601"),
         ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "-1"),
         ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "1025"),
         ("SAGEMAKER_CONTAINER_LOG_LEVEL", "chatty"),
@@ -238,6 +245,16 @@ def test_execution_parameters_follow_the_settings():
     assert c.batch
     assert c.execution_parameters() == {"MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD",
                                         "MaxPayloadInMB": 100}
+
+
+def test_the_upper_bounds_themselves_are_taken():
+    c = cfg(SAGEMAKER_MODEL_SERVER_TIMEOUT=3600, SAGEMAKER_MODEL_SERVER_WORKERS=1024, SAGEMAKER_TS_MAX_BATCH_DELAY=60000,
+            BYOC_SERVE_STARTUP_TIMEOUT=3600, BYOC_SERVE_GRACE_PERIOD=3600, SAGEMAKER_MAX_PAYLOAD_IN_MB=1024)
+    assert (c.timeout_s, c.workers, c.max_batch_delay_ms, c.startup_timeout_s, c.grace_period_s) == (
+        3600, 1024, 60000, 3600, 3600)
+    props = parse_properties(ts.render(c, "/s"))
+    assert all(int(props[k]) < 2**31 for k in ("default_response_timeout", "default_startup_timeout",
+                                                "default_workers_per_model", "max_request_size"))
 
 
 def test_a_payload_limit_of_0_means_any_size():
