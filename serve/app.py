@@ -29,8 +29,8 @@ from aiohttp import web
 
 from serve.config import MODEL_NAME
 from serve.engine import Engine, InferRequest, InferResponse
-from serve.errors import (BadRequest, HTTPError, InternalError, MethodNotAllowed, ModelExists, NotFound,
-                          PayloadTooLarge, UnsupportedMediaType)
+from serve.errors import (BadRequest, HTTPError, InsufficientStorage, InternalError, MethodNotAllowed, ModelExists,
+                          NotFound, PayloadTooLarge, UnsupportedMediaType)
 
 logger = logging.getLogger("serve.app")
 
@@ -41,12 +41,6 @@ PAGE_SIZE = 100                  # GET /models: models per page by default
 LOAD_BODY_MAX = 1024 * 1024      # POST /models: its small JSON, read whole
 MODEL_NAME_MAX = 1024            # POST /models: the longest model_name
 ANSWER_STARTED = "serve.answer_started"   # request key: a streamed answer's headers are sent
-
-
-class InsufficientStorage(HTTPError):
-    """A large body that cannot be spooled to disk (disk full, spool folder gone)."""
-
-    status, phrase = 507, "Insufficient Storage"
 
 
 def error_response(exc: HTTPError, headers: dict | None = None) -> web.Response:

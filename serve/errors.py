@@ -68,6 +68,12 @@ class GatewayTimeout(HTTPError):
     status, phrase = 504, "Gateway Timeout"
 
 
+class InsufficientStorage(HTTPError):
+    """A large body that cannot be spooled to disk (disk full, spool folder gone)."""
+
+    status, phrase = 507, "Insufficient Storage"
+
+
 class InsufficientMemory(HTTPError):
     """A multi-model load that would not fit in the memory left (SageMaker then unloads others)."""
 
