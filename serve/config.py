@@ -30,6 +30,8 @@ SAGEMAKER_MODEL_SERVER_TIMEOUT  seconds per request to the worker (default 60, a
 SAGEMAKER_MAX_PAYLOAD_IN_MB     request and response size limit (default 6, at most 1024; 0, as a
                                 Batch Transform job's MaxPayloadInMB of 0 sets it: 1024)
 SAGEMAKER_CONTAINER_LOG_LEVEL   0..50 or DEBUG/INFO/... (default INFO)
+SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT  the answer's type for a request with no Accept (or */*), as
+                                SageMaker's toolkit (default: JSON; JSON lines for JSON lines)
 SAGEMAKER_PROGRAM               user handler file in <model>/code (default inference.py; of a full path,
                                 as SDK v2's local mode sets it, the file name)
 SM_MODEL_DIR                    model directory (default /opt/ml/model)
@@ -172,6 +174,17 @@ def _gomp_spincount(env: Mapping[str, str], adaptive: bool) -> str:
     return "10000" if adaptive and not env.get("OMP_WAIT_POLICY", "").strip() else ""
 
 
+def _media_type(env: Mapping[str, str], name: str) -> str:
+    """A concrete media type (type/subtype, no wildcard, no parameters), or ""."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ""
+    kind, _, sub = raw.lower().partition("/")
+    if not kind or not sub or "*" in raw or any(c in raw for c in ",; "):
+        raise ConfigError(f"{name}={raw!r}: expected one media type such as application/json")
+    return raw.lower()
+
+
 def _log_level(env: Mapping[str, str]) -> int:
     raw = env.get("SAGEMAKER_CONTAINER_LOG_LEVEL", "").strip()
     if not raw:
@@ -304,6 +317,7 @@ class WorkerSettings:
     status_dir: str | None = None  # set by serve.server: busy / load-failed marker files
     gpu_decode: str = "auto"  # handlers/gpu_batch.py: DECODE_CHOICES
     serve_amp: str = "auto"  # handlers/gpu_batch.py: AMP_CHOICES
+    default_accept: str = ""  # SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT; "": JSON (JSON lines for JSON lines)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "WorkerSettings":
@@ -323,6 +337,7 @@ class WorkerSettings:
             status_dir=env.get("BYOC_SERVE_STATUS_DIR", "").strip() or None,
             gpu_decode=_choice(env, "BYOC_GPU_DECODE", GPU_DECODE_CHOICES),
             serve_amp=_choice(env, "BYOC_SERVE_AMP", SERVE_AMP_CHOICES),
+            default_accept=_media_type(env, "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"),
         )
 
     def env(self) -> dict[str, str]:
@@ -340,6 +355,8 @@ class WorkerSettings:
             "BYOC_GPU_DECODE": self.gpu_decode,
             "BYOC_SERVE_AMP": self.serve_amp,
         }
+        if self.default_accept:
+            env["SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"] = self.default_accept
         if self.status_dir:
             env["BYOC_SERVE_STATUS_DIR"] = self.status_dir
         return env

@@ -33,8 +33,12 @@ def _no_preference(accept: str | None) -> bool:
 
 
 def default_accept(content_type: str) -> str:
-    """What a request gets with no Accept (or */*): JSON, but JSON lines for JSON lines
-    (Batch Transform's SplitType Line + AssembleWith Line: one answer line per record)."""
+    """What a request gets with no Accept (or */*): SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT when
+    set (as SageMaker's toolkit); else JSON, but JSON lines for JSON lines (Batch Transform's
+    SplitType Line + AssembleWith Line: one answer line per record)."""
+    chosen = config.worker_settings().default_accept
+    if chosen:
+        return chosen
     return codecs.JSONLINES if codecs.parse_media_type(content_type)[0] == codecs.JSONLINES else DEFAULT_ACCEPT
 
 
@@ -188,7 +192,8 @@ class HandlerService:
         choices = codecs.accept_choices(r.accept, default)
         # JSON lines is the default for a JSON-lines request; an output_fn written for JSON
         # alone (SageMaker's toolkit asks it for JSON) then answers in JSON instead of failing
-        fallback = default != DEFAULT_ACCEPT and _no_preference(r.accept)
+        fallback = default == codecs.JSONLINES and not config.worker_settings().default_accept \
+            and _no_preference(r.accept)
         if fallback:
             choices.append((DEFAULT_ACCEPT, {}))
         with _failures(r, stage):

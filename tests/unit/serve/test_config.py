@@ -311,3 +311,13 @@ def test_the_users_malloc_settings_win_and_bad_ones_stop_serve():
     assert (env["MALLOC_MMAP_THRESHOLD_"], env["MALLOC_TRIM_THRESHOLD_"]) == ("131072", "0")
     with pytest.raises(ConfigError, match="MALLOC_TRIM_THRESHOLD_"):
         cfg(MALLOC_TRIM_THRESHOLD_="lots")
+
+
+def test_the_default_accept_is_sagemakers_setting_when_set():
+    c = ServeConfig.from_env({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/x-npy"})
+    assert c.worker.default_accept == "application/x-npy"
+    assert WorkerSettings.from_env(c.worker_env()).default_accept == "application/x-npy"   # the workers get it
+    assert ServeConfig.from_env({}).worker.default_accept == ""
+    for bad in ("*/*", "json", "application/json, text/csv", "application/json; q=1"):
+        with pytest.raises(ConfigError, match="SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"):
+            ServeConfig.from_env({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": bad})

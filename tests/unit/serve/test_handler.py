@@ -525,3 +525,26 @@ def test_an_unacceptable_types_406_message_stays_short(workshop, model_dir, jpeg
     accept = ", ".join(f"text/x-{i}" for i in range(5000))
     (code, _, body), = run_batch(workshop, model_dir, [(jpeg_bytes, {"Content-Type": "image/jpeg", "Accept": accept})])
     assert code == 406 and len(body) < 1000
+
+
+def test_sagemaker_default_invocations_accept_chooses_what_no_accept_gets(tmp_path, monkeypatch):
+    """As SageMaker's toolkit: an output_fn that makes NPY alone answers a client that names
+    no type when SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT says so."""
+    from serve import config
+    monkeypatch.setenv("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/x-npy")
+    config.worker_settings.cache_clear()
+    try:
+        write_code(tmp_path, JSON_ONLY_OUTPUT.replace('''        if accept == "application/json":
+            return json.dumps(prediction.tolist())''', '''        if accept == "application/x-npy":
+            import io, numpy
+            buf = io.BytesIO()
+            numpy.save(buf, prediction.numpy())
+            return buf.getvalue()'''))
+        s = service_for(tmp_path)
+        res = run_batch(s, tmp_path, [(b"[1, 2, 3, 4]", {"Content-Type": "application/jsonlines"}),
+                                      (b"[1, 2, 3, 4]", {"Content-Type": "application/jsonlines", "Accept": "*/*"})])
+        assert [(code, ctype) for code, ctype, _ in res] == [(200, "application/x-npy")] * 2
+        assert np.load(io.BytesIO(res[0][2])).shape == (1, 2)
+    finally:
+        monkeypatch.delenv("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT")
+        config.worker_settings.cache_clear()
