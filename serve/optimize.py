@@ -419,12 +419,13 @@ class ModelForward:
         try:
             for call in calls:
                 call()
-                if record and self.fingerprint is not None:
-                    # a change one call makes and the next undoes (a per-request option) counts too
+                if record:
+                    # after each call, not only the last: a change one call makes and the next
+                    # undoes (a per-request option) counts too
                     self._watch_weights()
         finally:
             inputs, self._recording = self._recording, None
-        if self.pure:
+        if self.pure and not record:   # recorded calls were each watched above
             self._watch_weights()
         if inputs and len(inputs) > 1 and len(inputs) not in self.merge_sizes and not self.merge_off:
             self._later(self._prove_merge, inputs)
