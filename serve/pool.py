@@ -519,8 +519,13 @@ class PythonEngine(Engine):
         oldest. A live worker, even one busy or proving, takes them in turn: its batches have
         their own timeout."""
         if model.deadline_timer is None and model.queue and not any(w.state in LIVE for w in model.workers):
-            wait = max(model.queue[0][2], model.down_since) + self.cfg.timeout_s - time.monotonic()
+            wait = self._gives_up_at(model) - time.monotonic()
             model.deadline_timer = asyncio.get_running_loop().call_later(max(0.0, wait), self._deadline, model)
+
+    def _gives_up_at(self, model: ServedModel) -> float:
+        """When the oldest queued request stops waiting for a worker: a timeout after it came
+        or after the model lost its last worker, whichever is later."""
+        return max(model.queue[0][2], model.down_since) + self.cfg.timeout_s
 
     def _deadline(self, model: ServedModel) -> None:
         model.deadline_timer = None
@@ -529,7 +534,7 @@ class PythonEngine(Engine):
         now = time.monotonic()
         why = "; ".join(sorted({w.reason for w in model.workers if w.reason and w.state not in LIVE}))
         late = 0
-        while model.queue and max(model.queue[0][2], model.down_since) + self.cfg.timeout_s <= now:
+        while model.queue and self._gives_up_at(model) <= now:
             _, future, _ = model.queue.popleft()
             late += not future.done()
             _answer(future, ServiceUnavailable(
